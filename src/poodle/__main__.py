@@ -1,0 +1,3 @@
+from poodle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""`poodle` command line. Each subcommand lives in its own module exposing `add_arguments` and `run`.
+
+Modules are imported only when their subcommand runs, so `poodle --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line description). Order is the order shown by `poodle --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("poodle.cli.demo", "run the main job end to end on SynthDrive (no download, no GPU)"),
+    "synth": ("poodle.cli.synth", "generate a SynthDrive dataset in the BDD100K on-disk layout"),
+    "config": ("poodle.cli.config", "print a resolved config (shipped name or YAML, with key=value overrides)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from poodle import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="poodle",
+        description="PooDLe: pooled and dense self-supervised learning from naturalistic videos.",
+    )
+    parser.add_argument("--version", action="version", version=f"poodle {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        # Arguments are added lazily in main() for the chosen command only.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Find the subcommand, then let its module declare its arguments before the real parse.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS:
+        module = importlib.import_module(COMMANDS[command][0])
+        sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        module.add_arguments(sub_action.choices[command])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from poodle.config import ConfigError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except ConfigError as e:
+        print(f"poodle {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"poodle {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"poodle {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+class UserError(Exception):
+    """Bad input from the user (path, size, count): printed as one clear line, exit status 2."""

@@ -1,0 +1,24 @@
+"""`poodle config NAME_OR_YAML [key=value ...]`: print the resolved config as YAML."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from poodle.config import load_config, shipped_configs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default="default", help="shipped config name or path to a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as optim.lr=1e-3")
+    p.add_argument("--list", action="store_true", help="list the shipped configs and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(shipped_configs()))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0

@@ -1,0 +1,402 @@
+"""Typed configuration: dataclasses, YAML files shipped with the package, and `key.sub=value` overrides.
+
+A config file is YAML with the sections below. It may name a parent with `base: NAME_OR_PATH`; the child's
+values are merged over the parent's. Every key is checked against the dataclasses: an unknown key is an error
+that names the key, the valid keys and the closest match. The resolved config is a plain dict
+(`asdict(cfg)`) that every checkpoint stores, and `from_dict` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says which and what is valid."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    """Encoder, spatial decoder module (SDM) and projection heads (spec section 2)."""
+
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    dilated: bool = False  # output stride 8 (FlowE's encoder; rows without top-down in spec Table 4)
+    decoder_top_down: bool = True  # SDM Bottleneck + 2x upsample stages
+    decoder_lateral: bool = True  # SDM 1x1 lateral connections from layer3/layer2
+    decoder_bottleneck_first: bool = True  # decision 1: Bottleneck at coarse res, then upsample
+    decoder_reduction: int = 8  # Bottleneck width = decoder channels / reduction (2048 -> 256)
+    proj_hidden_dim: int = 4096
+    proj_out_dim: int = 256
+    init: str = "random"  # random | imagenet:PATH (torchvision ResNet state dict file)
+
+    def validate(self) -> None:
+        _choice("model.arch", self.arch, ("resnet18", "resnet34", "resnet50"))
+        _positive("model.decoder_reduction", self.decoder_reduction)
+        _positive("model.proj_hidden_dim", self.proj_hidden_dim)
+        _positive("model.proj_out_dim", self.proj_out_dim)
+        if self.init != "random" and not self.init.startswith("imagenet:"):
+            raise ConfigError(f"model.init must be 'random' or 'imagenet:PATH', got {self.init!r}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which losses run and how they are weighted (spec section 4, decisions 3 and 10)."""
+
+    dense: bool = True
+    pooled: bool = True
+    dense_weight: float = 0.5
+    pooled_weight: float = 0.5
+    occlusion_alpha1: float = 0.1
+    occlusion_alpha2: float = 0.5
+    # decision 3: "unaffine_then_warp" (paper, default) or "warp_then_unaffine" (release)
+    target_order: str = "unaffine_then_warp"
+    ema_momentum: float = 0.996  # start of the cosine EMA schedule (ends at 1)
+
+    def validate(self) -> None:
+        if not (self.dense or self.pooled):
+            raise ConfigError("objective: at least one of objective.dense / objective.pooled must be true")
+        _choice("objective.target_order", self.target_order, ("unaffine_then_warp", "warp_then_unaffine"))
+        _in_range("objective.ema_momentum", self.ema_momentum, 0.0, 1.0)
+
+
+@dataclass
+class SubcropConfig:
+    """Flow-aware subcrops for the pooled loss (spec section 3.7, decisions 6-9)."""
+
+    num: int = 6  # K pairs per online image
+    area: tuple[float, float] = (0.05, 0.3)  # online subcrop area, fraction of the global crop
+    target_area_max: float = 0.3  # target area ~ U[s_online, target_area_max]
+    ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    size: int = 192  # output side of every subcrop
+    jitter: float = 0.10  # centre jitter as a fraction of the global crop's H and W
+    tries: int = 5  # attempts to land the paired centre in bounds before the same-frame fallback
+
+    def validate(self) -> None:
+        _positive("subcrops.num", self.num)
+        _positive("subcrops.size", self.size)
+        _positive("subcrops.tries", self.tries)
+        _interval("subcrops.area", self.area, 0.0, 1.0)
+        _interval("subcrops.ratio", self.ratio, 0.0, float("inf"))
+        _in_range("subcrops.target_area_max", self.target_area_max, self.area[0], 1.0)
+        _in_range("subcrops.jitter", self.jitter, 0.0, 1.0)
+
+
+@dataclass
+class AugmentConfig:
+    """Photometric (spec 3.4, decision 5) and dense-branch geometric (spec 3.5, decision 4) augmentation."""
+
+    color_jitter_p: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_frac: float = 0.1  # kernel side ~ 10 % of the crop side (rounded up to odd)
+    affine: bool = True
+    affine_scale: tuple[float, float] = (0.9, 1.1)
+    affine_degrees: float = 10.0
+    hflip_p: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("color_jitter_p", "grayscale_p", "blur_p", "hflip_p"):
+            _in_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
+        _in_range("augment.hue", self.hue, 0.0, 0.5)
+        _interval("augment.blur_sigma", self.blur_sigma, 0.0, float("inf"))
+        _interval("augment.affine_scale", self.affine_scale, 0.0, float("inf"))
+        _in_range("augment.affine_degrees", self.affine_degrees, 0.0, 180.0)
+
+
+@dataclass
+class DataConfig:
+    """Where frame pairs come from and how they are cropped (spec 3.1-3.3)."""
+
+    dataset: str = "synthdrive"  # bdd100k | wt | folder | synthdrive | shards
+    root: str = ""
+    split: str = "train"
+    resolution: tuple[int, int] = (512, 1024)  # global crop (H, W)
+    canvas: tuple[int, int] = (1080, 1920)  # frames are resized to canvas * s before the crop
+    scale: tuple[float, float] = (0.75, 1.25)  # s ~ U[scale]
+    dt_frames: tuple[int, int] = (15, 30)  # inclusive range of frame gaps
+    dt_seconds: float | None = None  # if set, overrides dt_frames using each video's fps
+    repeat: int = 2  # R pairs drawn per video load (repeated sampling)
+    workers: int = 4
+
+    def validate(self) -> None:
+        _choice("data.dataset", self.dataset, ("bdd100k", "wt", "folder", "synthdrive", "shards"))
+        _positive("data.resolution[0]", self.resolution[0])
+        _positive("data.resolution[1]", self.resolution[1])
+        _interval("data.scale", self.scale, 0.0, float("inf"))
+        _interval("data.dt_frames", self.dt_frames, 0, 10**9)
+        _positive("data.repeat", self.repeat)
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow source (spec 2.6, decision 14)."""
+
+    source: str = "raft_large"  # raft_large | raft_small | dis | gt
+    weights: str = ""  # local weight file; empty = torch hub cache
+    iters: int = 24
+
+    def validate(self) -> None:
+        _choice("flow.source", self.source, ("raft_large", "raft_small", "dis", "gt"))
+        _positive("flow.iters", self.iters)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and per-step schedules (spec 5.1, decision 11)."""
+
+    optimizer: str = "adamw"  # adamw | lars
+    lr: float = 5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    batch_size: int = 128  # global number of pairs per step (decision 12)
+    warmup_epochs: float = 2.0
+    schedule_epochs: float = 300.0  # cosine horizon
+    stop_epochs: float = 100.0  # where training stops (the release stops at 100 of 300)
+    epoch_pairs: int = 0  # pairs per epoch; 0 = one pair per video of the dataset
+
+    def validate(self) -> None:
+        _choice("optim.optimizer", self.optimizer, ("adamw", "lars"))
+        _positive("optim.lr", self.lr)
+        _positive("optim.batch_size", self.batch_size)
+        if self.stop_epochs > self.schedule_epochs:
+            raise ConfigError(
+                f"optim.stop_epochs ({self.stop_epochs}) must be <= optim.schedule_epochs ({self.schedule_epochs})"
+            )
+
+
+@dataclass
+class RunConfig:
+    """Everything about running, not about the method."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "bf16"  # bf16 (autocast on GPU) | fp32
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_every: int = 0  # also keep a snapshot every N steps (0 = only last.pt)
+
+    def validate(self) -> None:
+        _choice("run.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("run.precision", self.precision, ("bf16", "fp32"))
+        _positive("run.log_every", self.log_every)
+        _positive("run.ckpt_every", self.ckpt_every)
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    subcrops: SubcropConfig = field(default_factory=SubcropConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
+def _in_range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} must be in [{lo}, {hi}], got {value!r}")
+
+
+def _interval(key: str, value: tuple, lo: float, hi: float) -> None:
+    a, b = value
+    if not (lo <= a <= b <= hi):
+        raise ConfigError(f"{key} must be (low, high) with {lo} <= low <= high <= {hi}, got {tuple(value)!r}")
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp` (after `from __future__ import annotations` resolution)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    return ConfigError(
+        f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(prefix + v for v in valid)}"
+    )
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown_key(full, names)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a mapping of keys, got {value!r}")
+            kwargs[key] = _build(tp, value, prefix=f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, tp)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict."""
+    return _build(Config, data).validate()
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package (`poodle/configs/*.yaml`)."""
+    root = resources.files("poodle") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {name_or_path}")
+        text = path.read_text()
+    else:
+        res = resources.files("poodle") / "configs" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown config {name_or_path!r}; shipped configs: {', '.join(shipped_configs())} "
+                "(or give a path to a .yaml file)"
+            )
+        text = res.read_text()
+    if name_or_path in _seen:
+        raise ConfigError(f"config inheritance loop: {' -> '.join((*_seen, name_or_path))}")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name_or_path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name_or_path}: a config must be a mapping at top level")
+    parent = data.pop("base", None)
+    if parent is not None:
+        data = _merge(_read_yaml(parent, (*_seen, name_or_path)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-3` -> (["optim", "lr"], 0.001). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value: {e}") from e
+    if isinstance(value, str):
+        # YAML 1.1 reads 1e-3 as a string; accept plain float syntax too.
+        try:
+            value = float(value) if value.lower() not in ("nan", "inf", "-inf") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def load_config(name_or_path: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a shipped config by name (or a YAML path), apply `key.sub=value` overrides, validate."""
+    data = _read_yaml(name_or_path)
+    data.setdefault("name", Path(name_or_path).stem)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return from_dict(data)

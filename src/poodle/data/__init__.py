@@ -1,0 +1,1 @@
+"""Data: videos, frames, optical flow geometry, augmentations, subcrops and the SynthDrive world."""
