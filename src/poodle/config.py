@@ -124,7 +124,7 @@ class AugmentConfig:
 class DataConfig:
     """Where frame pairs come from and how they are cropped (spec 3.1-3.3)."""
 
-    dataset: str = "synthdrive"  # bdd100k | wt | folder | synthdrive | shards
+    dataset: str = "bdd100k"  # bdd100k | wt | folder | synthdrive | shards
     root: str = ""
     split: str = "train"
     resolution: tuple[int, int] = (512, 1024)  # global crop (H, W)
@@ -205,7 +205,7 @@ class RunConfig:
 
 @dataclass
 class Config:
-    name: str = "default"
+    name: str = "poodle_bdd100k"
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     subcrops: SubcropConfig = field(default_factory=SubcropConfig)
@@ -297,9 +297,7 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    return ConfigError(
-        f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(prefix + v for v in valid)}"
-    )
+    return ConfigError(f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(prefix + v for v in valid)}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -387,7 +385,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(name_or_path: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(name_or_path: str = "poodle_bdd100k", overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a shipped config by name (or a YAML path), apply `key.sub=value` overrides, validate."""
     data = _read_yaml(name_or_path)
     data.setdefault("name", Path(name_or_path).stem)

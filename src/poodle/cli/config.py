@@ -10,7 +10,7 @@ from poodle.config import load_config, shipped_configs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", default="default", help="shipped config name or path to a YAML file")
+    p.add_argument("config", nargs="?", default="poodle_bdd100k", help="shipped config name or path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as optim.lr=1e-3")
     p.add_argument("--list", action="store_true", help="list the shipped configs and exit")
 
