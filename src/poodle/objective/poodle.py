@@ -1,0 +1,106 @@
+"""PooDLeObjective: one forward pass of the PooDLe objective on a batch of frame pairs (spec 4.4).
+
+This is the whole method as a module, independent of any training loop: it owns the networks (online, predictor
+heads and EMA target), applies the batched on-device augmentations, and returns the losses. The engine wraps it
+with the optimiser, schedules, EMA updates (`networks.update_target(tau)` before each forward), DDP and logging.
+
+Both temporal orderings are in the same batch (spec 4.3): for N pairs (a, b) the online branch sees
+[a; b] and the target branch [b; a], with flows [a->b; b->a].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from poodle.config import Config
+from poodle.data.augment import photometric, sample_dense_geometry
+from poodle.data.subcrops import crop_and_resize, flow_aware_subcrops
+from poodle.model import PooDLeNetworks
+from poodle.objective.dense import dense_loss, dense_target_and_mask, online_full_resolution
+from poodle.objective.pooled import pooled_loss
+
+
+@dataclass
+class PairBatch:
+    """N frame pairs of the same (H, W) global crop, un-augmented, on the training device.
+
+    frames in [0, 1] float or uint8 (N, 3, H, W); flows in pixels (N, 2, H, W), channel 0 = dx, 1 = dy.
+    """
+
+    frame_a: Tensor
+    frame_b: Tensor
+    flow_ab: Tensor
+    flow_ba: Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> PairBatch:
+        return PairBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.frame_a, self.frame_b,
+                                                                           self.flow_ab, self.flow_ba)))
+
+
+class PooDLeObjective(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.networks = PooDLeNetworks(cfg.model, dense=cfg.objective.dense, pooled=cfg.objective.pooled)
+
+    def forward(self, batch: PairBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        cfg, nets = self.cfg, self.networks
+        n = batch.frame_a.shape[0]
+        size = tuple(batch.frame_a.shape[-2:])
+        flow = torch.cat([batch.flow_ab, batch.flow_ba]).float()
+        flow_back = torch.cat([batch.flow_ba, batch.flow_ab]).float()
+
+        # Photometric augmentation, independently per frame (spec 3.4); both losses see the same colours.
+        online_images = photometric(torch.cat([batch.frame_a, batch.frame_b]), cfg.augment, generator=generator)
+        paired_images = torch.cat([online_images[n:], online_images[:n]])
+
+        out: dict[str, Tensor] = {}
+        total = online_images.new_zeros(())
+        if cfg.objective.dense:
+            online_geo = sample_dense_geometry(2 * n, size, cfg.augment, online_images.device, generator)
+            target_geo = sample_dense_geometry(2 * n, size, cfg.augment, online_images.device, generator)
+            with torch.no_grad():
+                target_map = nets.target_dense(target_geo.apply(paired_images))
+                target_full, mask = dense_target_and_mask(
+                    target_map, flow, flow_back, target_geo, online_geo,
+                    cfg.objective.occlusion_alpha1, cfg.objective.occlusion_alpha2, cfg.objective.target_order,
+                )  # fmt: skip
+            online_map = nets.online_dense(online_geo.apply(online_images))
+            online_full = online_full_resolution(online_map, online_geo, size)
+            out["dense"] = dense_loss(online_full, target_full, mask)
+            out["mask_fraction"] = mask.mean()
+            out["dense_std"] = _feature_std(online_map)
+            total = total + cfg.objective.dense_weight * out["dense"]
+        if cfg.objective.pooled:
+            boxes = flow_aware_subcrops(flow, cfg.subcrops, generator=generator)
+            online_crops = crop_and_resize(online_images, boxes.online, cfg.subcrops.size)
+            # Target crops come from the paired frame, or from the online frame where the flow left the image
+            # (the same-frame fallback of spec 3.7c). Crop both, select per pair: no Python loop, no sync.
+            from_pair = crop_and_resize(paired_images, boxes.target, cfg.subcrops.size)
+            from_self = crop_and_resize(online_images, boxes.target, cfg.subcrops.size)
+            use_pair = boxes.source_is_pair.reshape(-1, 1, 1, 1)
+            target_crops = torch.where(use_pair, from_pair, from_self)
+            with torch.no_grad():
+                target_vec = nets.target_pooled(target_crops)
+            online_vec = nets.online_pooled(online_crops)
+            out["pooled"] = pooled_loss(online_vec, target_vec)
+            out["pooled_std"] = _feature_std(online_vec)
+            out["subcrop_fallback_fraction"] = (~boxes.source_is_pair).float().mean()
+            total = total + cfg.objective.pooled_weight * out["pooled"]
+        out["loss"] = total
+        return out
+
+
+def _feature_std(x: Tensor) -> Tensor:
+    """Std over samples of L2-normalised features, averaged over channels, times sqrt(D).
+
+    About 1 for well-spread features, 0 at collapse (the solo-learn/BYOL diagnostic). Detached; no host sync.
+    """
+    x = x.detach().float()
+    if x.dim() == 4:  # (B, C, h, w): treat every position as a sample
+        x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    x = torch.nn.functional.normalize(x, dim=1)
+    return x.std(dim=0).mean() * x.shape[1] ** 0.5
