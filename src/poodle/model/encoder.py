@@ -1,8 +1,9 @@
 """ResNet encoder (spec 2.2): a torchvision ResNet without its classifier, returning layer2/3/4 features.
 
 The torchvision submodules (conv1, bn1, layer1..layer4) sit at the top level of `ResNetEncoder`, so its
-state dict has exactly torchvision's key names: `torchvision.models.resnet50().load_state_dict(sd, strict=False)`
-reports only `fc.*` missing, and checkpoints exported from here load into any torchvision-based readout.
+state dict has exactly torchvision's key names:
+`torchvision.models.resnet50().load_state_dict(sd, strict=False)` reports only `fc.*` missing, and checkpoints
+exported from here load into any torchvision-based readout.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class ResNetEncoder(nn.Module):
         self.layer2 = net.layer2
         self.layer3 = net.layer3
         self.layer4 = net.layer4
-        self.channels: tuple[int, int, int] = tuple(_out_channels(layer) for layer in (net.layer2, net.layer3, net.layer4))
+        c2, c3, c4 = (_out_channels(layer) for layer in (net.layer2, net.layer3, net.layer4))
+        self.channels: tuple[int, int, int] = (c2, c3, c4)
         # Output stride of (layer2, layer3, layer4).
         self.strides: tuple[int, int, int] = (8, 8, 8) if dilated else (8, 16, 32)
         if init != "random":
@@ -88,6 +90,8 @@ class ResNetEncoder(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"encoder init file not found: {path}")
         obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
         state = clean_state_dict(obj)
         state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
         result = self.load_state_dict(state, strict=False)

@@ -65,6 +65,3 @@ def online_full_resolution(online_map: Tensor, online_geometry: DenseGeometry, s
     """Online predictor output -> full resolution -> undo the online affine/flip -> L2-normalise (fp32)."""
     full = upsample_to(online_map.float(), size)
     return F.normalize(online_geometry.undo(full), dim=1)
-
-
-

@@ -32,12 +32,14 @@ class PairBatch:
 
     frame_a: Tensor
     frame_b: Tensor
-    flow_ab: Tensor
-    flow_ba: Tensor
+    flow_ab: Tensor | None = None  # None until a flow estimator fills it in (the engine does)
+    flow_ba: Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> PairBatch:
-        return PairBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.frame_a, self.frame_b,
-                                                                           self.flow_ab, self.flow_ba)))
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return PairBatch(move(self.frame_a), move(self.frame_b), move(self.flow_ab), move(self.flow_ba))
 
 
 class PooDLeObjective(nn.Module):

@@ -1,0 +1,1 @@
+"""Engine: the pretraining loop, DDP set-up, optimiser, checkpoints and logging."""

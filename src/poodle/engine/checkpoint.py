@@ -1,0 +1,90 @@
+"""Atomic checkpoints that load with `torch.load(weights_only=True)`.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts — nothing that needs pickled classes —
+so it can be loaded safely and inspected without poodle installed. It is written to a temporary file in the
+same folder, flushed to disk, then renamed over the destination: a crash mid-write never leaves a truncated
+`last.pt` behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, wrong format, or pickled objects that are not allowed
+        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a poodle checkpoint (a dict was expected, got {type(ckpt).__name__})")
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states, as plain data (the training loop itself seeds per step; this covers library code)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),  # noqa: NPY002 - saving the legacy global
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))  # noqa: NPY002
+    random.setstate(_python_state_from_plain(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_plain(st: tuple) -> list:
+    name, keys, pos, has_gauss, cached = st
+    return [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_plain(st: list) -> tuple:
+    name, keys, pos, has_gauss, cached = st
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
+def _python_state_to_plain(st: tuple) -> list:
+    version, internal, gauss = st
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _python_state_from_plain(st: list) -> tuple:
+    version, internal, gauss = st
+    return (version, tuple(int(v) for v in internal.tolist()), gauss)

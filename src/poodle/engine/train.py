@@ -1,0 +1,300 @@
+"""The PooDLe pretraining loop (single process or DDP under torchrun), in the spirit of DINO's main_dino.py.
+
+One readable function, `pretrain`: build everything, resume from RUN_DIR/last.pt if present, then per step:
+
+    tau, lr     <- per-step schedule arrays (indexed by the global step, so resuming is trivial)
+    target      <- EMA of the online networks with momentum tau (at the start of the step, as the release does)
+    batch       <- N frame pairs for this rank (+ flow: ground truth, cached, or estimated here)
+    losses      <- PooDLeObjective(batch) under bf16 autocast on GPU (losses, norms and warps run in fp32)
+    backward, optimizer step; log; checkpoint every `run.ckpt_every` steps and on SIGTERM/SIGUSR1
+
+Every random draw of a step (augmentations, subcrops, which pairs are read) is seeded by (seed, rank, step), so
+training N steps, stopping, and resuming for N more gives the same parameters as 2N steps straight.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from poodle.config import Config, from_dict
+from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from poodle.engine.metrics_log import MetricsLog
+from poodle.engine.optim import build_optimizer
+from poodle.model import cosine_schedule, ema_schedule
+from poodle.objective import PairBatch, PooDLeObjective
+
+# Config sections that may change between a run and its resumption (how to run, not what is trained).
+RESUMABLE_CHANGES = ("run", "name")
+RESUMABLE_DATA_KEYS = ("root", "workers")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class Schedule:
+    """Step counts derived from the epoch-based config (decision 11)."""
+
+    steps_per_epoch: float
+    total_steps: int  # cosine horizon
+    stop_step: int  # where training stops
+    warmup_steps: int
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_videos: int, stop_step: int | None) -> Schedule:
+        pairs_per_epoch = cfg.optim.epoch_pairs or num_videos  # one epoch = one pair per video
+        steps_per_epoch = pairs_per_epoch / cfg.optim.batch_size
+        total = max(1, math.ceil(cfg.optim.schedule_epochs * steps_per_epoch))
+        stop = math.ceil(cfg.optim.stop_epochs * steps_per_epoch) if stop_step is None else stop_step
+        if stop > total:
+            total = stop  # an explicit --steps past the horizon extends it rather than indexing past the end
+        return cls(steps_per_epoch, total, max(1, stop), int(cfg.optim.warmup_epochs * steps_per_epoch))
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("run.device=cuda but no CUDA device is available; use --device cpu")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def check_resumable(saved: dict[str, Any], cfg: Config, run_dir: Path) -> None:
+    """A run folder holds one experiment: refuse to resume it with a different method/data config."""
+    now = cfg.to_dict()
+    diffs = []
+    for section, values in saved.items():
+        if section in RESUMABLE_CHANGES:
+            continue
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if section == "data" and key in RESUMABLE_DATA_KEYS:
+                    continue
+                if section == "optim" and key == "stop_epochs":
+                    continue
+                if now.get(section, {}).get(key) != value:
+                    diffs.append(f"{section}.{key}: run has {value!r}, now {now.get(section, {}).get(key)!r}")
+    if diffs:
+        raise TrainingError(
+            f"{run_dir} holds a run with a different config:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another --out folder, pass --no-resume to start over in this one, or rerun with the run's config."
+        )
+
+
+class _StopRequest:
+    """SIGTERM / SIGUSR1 (preemption, SLURM's pre-kill signal) ask the loop to checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread): signals stay default
+                pass
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1))
+    return g
+
+
+def pretrain(
+    cfg: Config,
+    run_dir: str | Path,
+    pair_source,
+    flow_estimator=None,
+    stop_step: int | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Pretrain PooDLe. `pair_source(start_step, stop_step, info)` returns an iterator of PairBatch-like batches
+    (frame_a, frame_b uint8/float (N, 3, H, W) and optionally flow_ab/flow_ba) for this rank; it also exposes
+    `num_videos` (for the epoch length). Without flow in the batch, `flow_estimator.bidirectional` computes it.
+    Returns a summary dict (final step, last logged losses, checkpoint path)."""
+    run_dir = Path(run_dir)
+    info = init_distributed("cuda" if cfg.run.device == "cuda" else "cpu")
+    device = resolve_device(cfg.run.device, info)
+    sched = Schedule.from_config(cfg, pair_source.num_videos, stop_step)
+    per_rank_pairs, rem = divmod(cfg.optim.batch_size, info.world_size)
+    if rem:
+        raise TrainingError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by {info.world_size} ranks")
+
+    # ---- model, optimiser, schedules
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    objective = PooDLeObjective(cfg).to(device)
+    if info.enabled and device.type == "cuda":
+        objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+    if cfg.run.channels_last and device.type == "cuda":
+        objective = objective.to(memory_format=torch.channels_last)
+    networks = objective.networks
+    optimizer = build_optimizer(networks, cfg.optim)
+    lr_schedule = cosine_schedule(cfg.optim.lr, cfg.optim.min_lr, sched.total_steps, sched.warmup_steps)
+    tau_schedule = ema_schedule(sched.total_steps, base=cfg.objective.ema_momentum)
+
+    # ---- resume
+    start_step = 0
+    last = run_dir / "last.pt"
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        check_resumable(ckpt["config"], cfg, run_dir)
+        networks.load_state_dict(ckpt["networks"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        start_step = int(ckpt["step"])
+        if info.is_main:
+            print(f"resuming {run_dir} from step {start_step}", flush=True)
+    elif info.is_main and (run_dir / "metrics.jsonl").exists() and not resume:
+        (run_dir / "metrics.jsonl").unlink()  # --no-resume starts over: old metrics would mislead
+    if start_step >= sched.stop_step:
+        if info.is_main:
+            print(f"{run_dir}: already at step {start_step} >= stop step {sched.stop_step}; nothing to do")
+        return {"step": start_step, "checkpoint": str(last)}
+
+    model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.enabled else objective  # fmt: skip
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+                              and cfg.run.precision == "bf16")  # fmt: skip
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
+    log = MetricsLog(run_dir, info.is_main, start_step, sched.stop_step)
+    stop = _StopRequest()
+    stop.install()
+
+    def save(step: int) -> Path:
+        # Every rank's RNG state is gathered so each resumes its own stream; rank 0 writes.
+        states = [rng_state()]
+        if info.enabled:
+            gathered: list[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        if info.is_main:
+            ckpt = {
+                "step": step,
+                "networks": networks.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": None,  # bf16 autocast needs no loss scaler
+                "rng": states,
+                "config": cfg.to_dict(),
+                "schedule": {"total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch},
+                "world_size": info.world_size,
+            }
+            atomic_save(ckpt, last)
+            if cfg.run.keep_every and step % cfg.run.keep_every == 0:
+                atomic_save(ckpt, run_dir / f"checkpoint_{step:07d}.pt")
+        barrier(info)
+        return last
+
+    # ---- loop
+    batches = iter(pair_source(start_step, sched.stop_step, info))
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    last_good_step = start_step
+    summary: dict[str, Any] = {}
+    window_start, window_pairs, data_wait = time.perf_counter(), 0, 0.0
+    model.train()
+    step = start_step
+    try:
+        for step in range(start_step, sched.stop_step):
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_schedule[step])
+            networks.update_target(float(tau_schedule[step]))
+
+            t_wait = time.perf_counter()
+            batch = next(batches)
+            batch = _complete_batch(batch, flow_estimator, device)
+            data_wait += time.perf_counter() - t_wait
+
+            generator = step_generator(device, cfg.run.seed, info.rank, step)
+            with autocast:
+                out = model(batch, generator)
+            loss = out["loss"]
+            nonfinite |= ~torch.isfinite(loss.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            window_pairs += batch.frame_a.shape[0] * info.world_size
+
+            done = step + 1
+            log.advance(1, loss=float(loss.detach()) if done % cfg.run.log_every == 0 else math.nan)
+            is_log = done % cfg.run.log_every == 0 or done == sched.stop_step
+            is_ckpt = done % cfg.run.ckpt_every == 0 or done == sched.stop_step or stop.signal is not None
+            if is_log or is_ckpt:
+                # One host sync per logged step: the NaN check and the logged values.
+                if bool(all_reduce_mean(nonfinite.float(), info) > 0):
+                    raise TrainingError(
+                        f"non-finite loss at or before step {done}; stopping. The last good checkpoint "
+                        f"(step {last_good_step}) is kept in {last}. Lower optim.lr or check the data."
+                    )
+            if is_log:
+                elapsed = time.perf_counter() - window_start
+                values = {k: float(all_reduce_mean(v.detach().float(), info)) for k, v in out.items()}
+                values.update(
+                    lr=float(lr_schedule[step]),
+                    momentum=float(tau_schedule[step]),
+                    epoch=done / sched.steps_per_epoch,
+                    pairs_per_s=window_pairs / max(elapsed, 1e-9),
+                    data_wait_fraction=data_wait / max(elapsed, 1e-9),
+                )
+                if device.type == "cuda":
+                    values["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                log.log(done, values)
+                summary = values
+                window_start, window_pairs, data_wait = time.perf_counter(), 0, 0.0
+            if is_ckpt:
+                save(done)
+                last_good_step = done
+            if stop.signal is not None:
+                if info.is_main:
+                    print(f"received signal {stop.signal}: saved step {done} to {last}; exiting", flush=True)
+                break
+    finally:
+        stop.restore()
+        log.close()
+    return {"step": step + 1, "checkpoint": str(last), **summary}
+
+
+def _complete_batch(batch: PairBatch, flow_estimator, device: torch.device) -> PairBatch:
+    frame_a = batch.frame_a.to(device, non_blocking=True)
+    frame_b = batch.frame_b.to(device, non_blocking=True)
+    if batch.flow_ab is not None:
+        return PairBatch(frame_a, frame_b, batch.flow_ab.to(device, non_blocking=True),
+                         batch.flow_ba.to(device, non_blocking=True))  # fmt: skip
+    if flow_estimator is None:
+        raise TrainingError("the data has no flow and no flow estimator was given (set flow.source)")
+    flow_ab, flow_ba = flow_estimator.bidirectional(frame_a, frame_b)
+    return PairBatch(frame_a, frame_b, flow_ab, flow_ba)
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run was trained with (from its last checkpoint)."""
+    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
+    return from_dict(ckpt["config"])
