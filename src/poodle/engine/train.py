@@ -148,7 +148,7 @@ def pretrain(
     if info.enabled and device.type == "cuda":
         objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     if cfg.run.channels_last and device.type == "cuda":
-        objective = objective.to(memory_format=torch.channels_last)
+        objective = objective.to(memory_format=torch.channels_last)  # inputs are made channels_last in forward
     networks = objective.networks
     optimizer = build_optimizer(networks, cfg.optim)
     lr_schedule = cosine_schedule(cfg.optim.lr, cfg.optim.min_lr, sched.total_steps, sched.warmup_steps)
@@ -175,8 +175,6 @@ def pretrain(
 
     model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else objective  # fmt: skip
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-                              and cfg.run.precision == "bf16")  # fmt: skip
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
@@ -228,8 +226,7 @@ def pretrain(
             data_wait += time.perf_counter() - t_wait
 
             generator = step_generator(device, cfg.run.seed, info.rank, step)
-            with autocast:
-                out = model(batch, generator)
+            out = model(batch, generator)  # bf16 autocast around the networks happens inside
             loss = out["loss"]
             nonfinite |= ~torch.isfinite(loss.detach())
             optimizer.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from poodle.config import Config
 from poodle.data.augment import photometric, sample_dense_geometry
-from poodle.data.subcrops import crop_and_resize, flow_aware_subcrops
+from poodle.data.subcrops import crop_pairs, flow_aware_subcrops
 from poodle.model import PooDLeNetworks
 from poodle.objective.dense import dense_loss, dense_target_and_mask, online_full_resolution
 from poodle.objective.pooled import pooled_loss
@@ -48,29 +48,45 @@ class PooDLeObjective(nn.Module):
         self.cfg = cfg
         self.networks = PooDLeNetworks(cfg.model, dense=cfg.objective.dense, pooled=cfg.objective.pooled)
 
+    def _networks_precision(self, device: torch.device):
+        """bf16 autocast around the networks on GPU (run.precision=bf16); everything else stays fp32.
+
+        Augmentations, warps, masks, normalisation and losses run outside autocast: bf16 sampling coordinates
+        would be off by pixels and bf16 norms lose the small differences the losses are made of.
+        """
+        enabled = device.type == "cuda" and self.cfg.run.precision == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
     def forward(self, batch: PairBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         cfg, nets = self.cfg, self.networks
         n = batch.frame_a.shape[0]
         size = tuple(batch.frame_a.shape[-2:])
         flow = torch.cat([batch.flow_ab, batch.flow_ba]).float()
         flow_back = torch.cat([batch.flow_ba, batch.flow_ab]).float()
+        autocast = self._networks_precision(flow.device)
 
         # Photometric augmentation, independently per frame (spec 3.4); both losses see the same colours.
+        # Online row b is paired with row (b + N) mod 2N: online [a; b], target [b; a].
         online_images = photometric(torch.cat([batch.frame_a, batch.frame_b]), cfg.augment, generator=generator)
-        paired_images = torch.cat([online_images[n:], online_images[:n]])
+        if self.cfg.run.channels_last and flow.device.type == "cuda":
+            online_images = online_images.contiguous(memory_format=torch.channels_last)
 
         out: dict[str, Tensor] = {}
         total = online_images.new_zeros(())
         if cfg.objective.dense:
             online_geo = sample_dense_geometry(2 * n, size, cfg.augment, online_images.device, generator)
             target_geo = sample_dense_geometry(2 * n, size, cfg.augment, online_images.device, generator)
+            target_input = target_geo.apply(online_images.roll(n, dims=0))
+            online_input = online_geo.apply(online_images)
             with torch.no_grad():
-                target_map = nets.target_dense(target_geo.apply(paired_images))
+                with autocast:
+                    target_map = nets.target_dense(target_input)
                 target_full, mask = dense_target_and_mask(
                     target_map, flow, flow_back, target_geo, online_geo,
                     cfg.objective.occlusion_alpha1, cfg.objective.occlusion_alpha2, cfg.objective.target_order,
                 )  # fmt: skip
-            online_map = nets.online_dense(online_geo.apply(online_images))
+            with autocast:
+                online_map = nets.online_dense(online_input)
             online_full = online_full_resolution(online_map, online_geo, size)
             out["dense"] = dense_loss(online_full, target_full, mask)
             out["mask_fraction"] = mask.mean()
@@ -78,16 +94,14 @@ class PooDLeObjective(nn.Module):
             total = total + cfg.objective.dense_weight * out["dense"]
         if cfg.objective.pooled:
             boxes = flow_aware_subcrops(flow, cfg.subcrops, generator=generator)
-            online_crops = crop_and_resize(online_images, boxes.online, cfg.subcrops.size)
-            # Target crops come from the paired frame, or from the online frame where the flow left the image
-            # (the same-frame fallback of spec 3.7c). Crop both, select per pair: no Python loop, no sync.
-            from_pair = crop_and_resize(paired_images, boxes.target, cfg.subcrops.size)
-            from_self = crop_and_resize(online_images, boxes.target, cfg.subcrops.size)
-            use_pair = boxes.source_is_pair.reshape(-1, 1, 1, 1)
-            target_crops = torch.where(use_pair, from_pair, from_self)
-            with torch.no_grad():
+            # Target crops come from the paired frame, or from the online frame itself where the flow left the
+            # image (the same-frame fallback of spec 3.7c): one batched roi_align, no Python loop, no host sync.
+            paired_index = (torch.arange(2 * n, device=flow.device) + n) % (2 * n)
+            online_crops, target_crops = crop_pairs(online_images, boxes, cfg.subcrops.size, paired_index=paired_index)
+            with torch.no_grad(), autocast:
                 target_vec = nets.target_pooled(target_crops)
-            online_vec = nets.online_pooled(online_crops)
+            with autocast:
+                online_vec = nets.online_pooled(online_crops)
             out["pooled"] = pooled_loss(online_vec, target_vec)
             out["pooled_std"] = _feature_std(online_vec)
             out["subcrop_fallback_fraction"] = (~boxes.source_is_pair).float().mean()
