@@ -13,6 +13,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("poodle.cli.demo", "run the main job end to end on SynthDrive (no download, no GPU)"),
     "synth": ("poodle.cli.synth", "generate a SynthDrive dataset in the BDD100K on-disk layout"),
+    "flow": ("poodle.cli.flow", "compute and visualise optical flow; report end-point error on SynthDrive"),
+    "pretrain": ("poodle.cli.pretrain", "pretrain PooDLe on SynthDrive, BDD100K, Walking Tours or a folder of videos"),
     "config": ("poodle.cli.config", "print a resolved config (shipped name or YAML, with key=value overrides)"),
 }
 

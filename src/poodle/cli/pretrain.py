@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be a positive step number, got {args.steps}")
     try:
-        source, flow_estimator = build_pair_source(cfg)
+        try:
+            source, flow_estimator = build_pair_source(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            raise UserError(str(e)) from e
         result = pretrain(cfg, args.out, source, flow_estimator, stop_step=args.steps, resume=args.resume)
     except TrainingError as e:
         raise UserError(str(e)) from e

@@ -138,9 +138,12 @@ def pretrain(
     info = init_distributed("cuda" if cfg.run.device == "cuda" else "cpu")
     device = resolve_device(cfg.run.device, info)
     sched = Schedule.from_config(cfg, pair_source.num_videos, stop_step)
-    per_rank_pairs, rem = divmod(cfg.optim.batch_size, info.world_size)
-    if rem:
-        raise TrainingError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by {info.world_size} ranks")
+    try:
+        pair_source.videos_per_rank(info)  # checks batch_size / world_size / repeat before any work
+    except ValueError as e:
+        raise TrainingError(str(e)) from e
+    if isinstance(flow_estimator, torch.nn.Module):
+        flow_estimator = flow_estimator.to(device)
 
     # ---- model, optimiser, schedules
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank

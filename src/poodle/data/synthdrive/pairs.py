@@ -1,0 +1,90 @@
+"""Training pairs rendered on the fly from SynthDrive, with exact forward and backward flow (`flow.source=gt`).
+
+The scene of a sequence depends only on (seed, index), not on the resolution, so a pair can be rendered at any
+scale: the outer crop of spec 3.3 is realised by rendering the frames at `canvas * s` and cutting the same
+`resolution` window from both, and the flow of that render is exact at that scale (no resampling of vectors).
+With a dataset root, the sequences are the ones whose videos lie in `ROOT/videos/train` (from `meta.json`);
+without one, the `small` preset's training sequences for seed `run.seed`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from poodle.config import DataConfig
+from poodle.data.synthdrive.dataset import INDEX_BASE, PRESETS
+from poodle.data.synthdrive.sequence import SynthDriveError, SynthDriveSequence
+
+
+class SynthDrivePairs(torch.utils.data.Dataset):
+    """`dataset[key]` -> `repeat` pairs of one sequence: dict of uint8 frames (R, 3, H, W) and flows (R, 2, H, W).
+
+    `key` is a sample key from `StepBatchSampler` (pass * num_videos + video): the video is `key % num_videos`
+    and the pair draws are seeded by the key, so they are reproducible and differ from pass to pass.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int = 0):
+        self.cfg = cfg
+        root = Path(cfg.root) if cfg.root else None
+        if root is not None:
+            meta_path = root / "meta.json"
+            if not meta_path.is_file():
+                raise SynthDriveError(
+                    f"{root} is not a SynthDrive dataset (no meta.json); create one with `poodle synth {root}` "
+                    "or leave data.root empty to render the built-in default"
+                )
+            meta = json.loads(meta_path.read_text())
+            self.world_seed = int(meta["seed"])
+            self.num_videos = int(meta["counts"]["videos"][cfg.split])
+            self.fps = float(meta["fps"])
+            self.seconds = float(meta["counts"]["frames_per_video"]) / self.fps
+        else:
+            preset = PRESETS["small"]
+            self.world_seed = seed
+            self.num_videos = preset.train_videos if cfg.split == "train" else preset.val_videos
+            self.fps = float(preset.fps)
+            self.seconds = preset.seconds
+        if self.num_videos <= 0:
+            raise SynthDriveError(f"the SynthDrive {cfg.split} split has no videos")
+        self.index_base = INDEX_BASE[("video", cfg.split)]
+        self.num_frames = max(2, round(self.seconds * self.fps))
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def _dt_range(self) -> tuple[int, int]:
+        if self.cfg.dt_seconds is not None:
+            dt = max(1, round(self.cfg.dt_seconds * self.fps))
+            return dt, dt
+        return self.cfg.dt_frames
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        video = key % self.num_videos
+        rng = np.random.default_rng([self.world_seed, int(key), 0xF10])
+        h, w = self.cfg.resolution
+        lo, hi = self._dt_range()
+        hi = min(hi, self.num_frames - 1)
+        lo = min(lo, hi)
+        out: dict[str, list[np.ndarray]] = {"frame_a": [], "frame_b": [], "flow_ab": [], "flow_ba": []}
+        for _ in range(self.cfg.repeat):
+            s = rng.uniform(*self.cfg.scale)
+            ch, cw = self.cfg.canvas
+            rh, rw = max(h, _mult8(ch * s)), max(w, _mult8(cw * s))
+            seq = SynthDriveSequence(self.world_seed, self.index_base + video, resolution=(rh, rw), fps=self.fps)
+            dt = int(rng.integers(lo, hi + 1))
+            t = int(rng.integers(0, self.num_frames - dt))
+            top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
+            window = (slice(top, top + h), slice(left, left + w))
+            out["frame_a"].append(seq.frame(t)[window])
+            out["frame_b"].append(seq.frame(t + dt)[window])
+            out["flow_ab"].append(seq.flow(t, t + dt)[window])
+            out["flow_ba"].append(seq.flow(t + dt, t)[window])
+        return {k: torch.from_numpy(np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2))) for k, v in out.items()}
+
+
+def _mult8(x: float) -> int:
+    return max(8, int(round(x / 8)) * 8)
