@@ -133,7 +133,7 @@ def pretrain(
     """Pretrain PooDLe. `pair_source(start_step, stop_step, info)` returns an iterator of PairBatch-like batches
     (frame_a, frame_b uint8/float (N, 3, H, W) and optionally flow_ab/flow_ba) for this rank; it also exposes
     `num_videos` (for the epoch length). Without flow in the batch, `flow_estimator.bidirectional` computes it.
-    Returns a summary dict (final step, last logged losses, checkpoint path)."""
+    Returns a summary dict: final step, checkpoint path, the trained `networks` and the last logged values."""
     run_dir = Path(run_dir)
     info = init_distributed("cuda" if cfg.run.device == "cuda" else "cpu")
     device = resolve_device(cfg.run.device, info)
@@ -174,7 +174,7 @@ def pretrain(
     if start_step >= sched.stop_step:
         if info.is_main:
             print(f"{run_dir}: already at step {start_step} >= stop step {sched.stop_step}; nothing to do")
-        return {"step": start_step, "checkpoint": str(last)}
+        return {"step": start_step, "checkpoint": str(last), "networks": networks}
 
     model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else objective  # fmt: skip
@@ -273,7 +273,7 @@ def pretrain(
     finally:
         stop.restore()
         log.close()
-    return {"step": step + 1, "checkpoint": str(last), **summary}
+    return {"step": step + 1, "checkpoint": str(last), "networks": networks, **summary}
 
 
 def _complete_batch(batch: PairBatch, flow_estimator, device: torch.device) -> PairBatch:
