@@ -160,3 +160,19 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert "received signal" in rest
     step = load_checkpoint(out / "last.pt")["step"]
     assert 1 <= step < 1000
+
+
+def test_export_loads_into_torchvision(tmp_path):
+    import torchvision
+
+    from poodle.cli import main
+
+    _train(tmp_path / "run", 1)
+    assert (
+        main(["export", str(tmp_path / "run"), str(tmp_path / "r18.pth"), "--decoder", str(tmp_path / "sdm.pth")]) == 0
+    )
+    sd = torch.load(tmp_path / "r18.pth", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(sd, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    assert torch.load(tmp_path / "sdm.pth", weights_only=True)
+    assert main(["export", str(tmp_path / "nowhere"), str(tmp_path / "x.pth")]) == 2

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("poodle.cli.synth", "generate a SynthDrive dataset in the BDD100K on-disk layout"),
     "flow": ("poodle.cli.flow", "compute and visualise optical flow; report end-point error on SynthDrive"),
     "pretrain": ("poodle.cli.pretrain", "pretrain PooDLe on SynthDrive, BDD100K, Walking Tours or a folder of videos"),
+    "export": ("poodle.cli.export", "export a trained backbone as a torchvision state dict (SDM optional)"),
     "config": ("poodle.cli.config", "print a resolved config (shipped name or YAML, with key=value overrides)"),
 }
 
