@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
         peak_what = "peak process RSS"
     n_params = sum(p.numel() for p in params) / 1e6
-    print(f"preset {args.preset} ({name} {' '.join(overrides + args.overrides)}), {cfg.model.arch}, {h}x{w}, "
-          f"{pairs} pairs/step, device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"preset {args.preset} ({name} {' '.join(overrides + args.overrides)}), {cfg.model.arch}, {h}x{w}, "
+        f"{pairs} pairs/step, device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"trainable parameters: {n_params:.1f} M")
     print(f"seconds/step: median {sorted(times)[len(times) // 2]:.3f}, min {min(times):.3f} over {len(times)} steps")
     print(f"{peak_what}: {peak:.2f} GiB")

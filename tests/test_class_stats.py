@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from poodle.data.class_stats import class_statistics
+
+
+def test_statistics_and_groups():
+    names = ("a", "b", "c")
+    img1 = np.zeros((10, 10), np.uint8)  # a: 100 %
+    img2 = np.zeros((10, 10), np.uint8)
+    img2[0, :5] = 1  # b: 5 %
+    img2[1, :] = 255  # ignore: 10 %
+    stats = class_statistics([img1, img2], names)
+    rows = {r.name: r for r in stats.rows}
+    assert rows["a"].avg_pixel_pct == pytest.approx((100 + 85) / 2)
+    assert rows["a"].total_pixel_pct == pytest.approx(185 / 2)
+    assert rows["b"].avg_pixel_pct == pytest.approx(2.5)
+    assert rows["b"].image_pct == pytest.approx(50.0)
+    assert rows["c"].image_pct == 0.0
+    assert (rows["a"].size, rows["a"].frequency) == ("L", "C")
+    assert (rows["b"].size, rows["b"].frequency) == ("L", "C")
+    assert (rows["c"].size, rows["c"].frequency) == ("S", "R")
+    assert stats.ignore_pct == pytest.approx(5.0)
+    assert stats.group(size="S") == ["c"] and stats.group(frequency="R") == ["c"]
+    d = stats.to_dict()
+    assert d["images"] == 2 and d["groups"]["rare"] == ["c"]
+
+
+def test_thresholds_are_strict_like_the_paper():
+    # Exactly 1 % average is Small; present in exactly 20 % of images is Rare.
+    imgs = [np.zeros((10, 10), np.uint8) for _ in range(5)]
+    imgs[0][0, :5] = 1  # 5 % in one image of five: avg 1 %, present in 20 %
+    rows = {r.name: r for r in class_statistics(imgs, ("bg", "x")).rows}
+    assert rows["x"].avg_pixel_pct == pytest.approx(1.0)
+    assert (rows["x"].size, rows["x"].frequency) == ("S", "R")
+
+
+def test_markdown_is_table10_layout():
+    md = class_statistics([np.array([[0, 0, 1]], np.uint8)], ("road", "sky")).to_markdown().splitlines()
+    assert md[0] == "| Class | road | sky |"  # sorted by average pixel share
+    assert [line.split("|")[1].strip() for line in md[2:]] == [
+        "Avg Pix. % / Im.",
+        "Total % of Pix.",
+        "Total % of Im.",
+        "Size Grp.",
+        "Freq. Grp.",
+    ]
+
+
+def test_empty_input_is_an_error():
+    with pytest.raises(ValueError, match="no label maps"):
+        class_statistics([], ("a",))
