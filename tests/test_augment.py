@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -13,12 +12,10 @@ import torchvision.transforms.functional as TVF
 from poodle.config import AugmentConfig
 from poodle.data.augment import (
     _adjust_hue,
-    apply_outer_crop,
     blur_kernel_size,
     normalize,
     photometric,
     sample_dense_geometry,
-    sample_outer_crop,
 )
 
 NO_PHOTO = AugmentConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -201,26 +198,3 @@ def test_undo_works_on_low_resolution_maps():
     torch.testing.assert_close(up, up2)
     with pytest.raises(ValueError, match="aspect"):
         geo.undo(torch.zeros(4, 1, 16, 16))
-
-
-# ----------------------------------------------------------------------------------------------- outer crop
-
-
-def test_outer_crop_is_shared_and_in_range():
-    frames = torch.randint(0, 256, (2, 3, 90, 160), dtype=torch.uint8, generator=_gen(0))
-    for seed in range(20):
-        crop = sample_outer_crop((90, 160), (108, 192), (0.75, 1.25), (64, 128), _gen(seed))
-        rh, rw = crop.resized_hw
-        assert (rh, rw) == (math.floor(108 * crop.scale), math.floor(192 * crop.scale))
-        assert 0 <= crop.top <= rh - 64 and 0 <= crop.left <= rw - 128
-        out = apply_outer_crop(frames, crop)
-        assert out.shape == (2, 3, 64, 128) and out.dtype == torch.uint8
-    same = sample_outer_crop((90, 160), (108, 192), (0.75, 1.25), (64, 128), _gen(3))
-    assert same == sample_outer_crop((90, 160), (108, 192), (0.75, 1.25), (64, 128), _gen(3))
-    # scale 1 on a canvas equal to the frame: a plain slice
-    crop = sample_outer_crop((90, 160), (90, 160), (1.0, 1.0), (64, 128), _gen(5))
-    out = apply_outer_crop(frames, crop)
-    assert torch.equal(out, frames[..., crop.top : crop.top + 64, crop.left : crop.left + 128])
-    assert crop.source_box() == (crop.left, crop.top, crop.left + 128, crop.top + 64)
-    with pytest.raises(ValueError, match="smaller"):
-        sample_outer_crop((90, 160), (90, 160), (0.5, 0.5), (64, 128), _gen(0))

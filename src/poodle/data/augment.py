@@ -3,8 +3,9 @@
 * :func:`photometric` - per-image colour jitter, grayscale and Gaussian blur, then ImageNet normalisation.
 * :class:`DenseGeometry` / :func:`sample_dense_geometry` - the invertible affine + horizontal flip of the dense
   branch, with ``apply`` / ``undo`` / ``valid_mask``.
-* :func:`sample_outer_crop` / :func:`apply_outer_crop` - the global crop shared by both frames of a pair (used by
-  the video loaders on the host).
+
+The global (outer) crop shared by both frames of a pair is host-side work of the video loaders:
+:mod:`poodle.data.outer_crop`.
 
 Every random draw goes through an optional ``torch.Generator``. Draws are made on the generator's device and
 moved to the data's device: pass a generator living on the data's device (or none) inside a training step, since
@@ -29,15 +30,12 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DenseGeometry",
-    "OuterCrop",
-    "apply_outer_crop",
     "blur_kernel_size",
     "denormalize",
     "normalize",
     "photometric",
     "rand",
     "sample_dense_geometry",
-    "sample_outer_crop",
     "to_float_image",
 ]
 
@@ -382,74 +380,3 @@ def sample_dense_geometry(
         scale=scale,
         degrees=degrees,
     )
-
-
-# ----------------------------------------------------------------------------------------------- outer crop
-
-
-@dataclass(frozen=True)
-class OuterCrop:
-    """Global crop of a pair (spec 3.3): resize the frame to ``resized_hw`` = floor(canvas * scale), then take
-    ``out_size`` at (top, left). Both frames of a pair use the same OuterCrop."""
-
-    frame_hw: tuple[int, int]
-    scale: float
-    resized_hw: tuple[int, int]
-    top: int
-    left: int
-    out_size: tuple[int, int]
-
-    def source_box(self) -> tuple[float, float, float, float]:
-        """The crop as (x1, y1, x2, y2) pixel-edge coordinates of the original frame."""
-        sy = self.frame_hw[0] / self.resized_hw[0]
-        sx = self.frame_hw[1] / self.resized_hw[1]
-        return (
-            self.left * sx,
-            self.top * sy,
-            (self.left + self.out_size[1]) * sx,
-            (self.top + self.out_size[0]) * sy,
-        )
-
-
-def sample_outer_crop(
-    frame_hw: tuple[int, int],
-    canvas: tuple[int, int],
-    scale_range: tuple[float, float],
-    out_size: tuple[int, int],
-    generator: torch.Generator | None = None,
-) -> OuterCrop:
-    """s ~ U[scale_range]; frames are resized to (floor(canvas_h s), floor(canvas_w s)) whatever their own size
-    (as the release) and an ``out_size`` window is drawn uniformly. Host-side (data loader)."""
-    g = generator
-    u = torch.rand((), generator=g, device=g.device if g is not None else "cpu").item()
-    scale = scale_range[0] + (scale_range[1] - scale_range[0]) * u
-    rh, rw = math.floor(canvas[0] * scale), math.floor(canvas[1] * scale)
-    oh, ow = int(out_size[0]), int(out_size[1])
-    if rh < oh or rw < ow:
-        raise ValueError(
-            f"canvas {tuple(canvas)} x scale {scale:.3f} = {(rh, rw)} is smaller than the crop {(oh, ow)}; "
-            "raise the scale range or the canvas"
-        )
-    pos = torch.rand(2, generator=g, device=g.device if g is not None else "cpu").tolist()
-    top = min(int(pos[0] * (rh - oh + 1)), rh - oh)
-    left = min(int(pos[1] * (rw - ow + 1)), rw - ow)
-    return OuterCrop(
-        frame_hw=(int(frame_hw[0]), int(frame_hw[1])),
-        scale=scale,
-        resized_hw=(rh, rw),
-        top=top,
-        left=left,
-        out_size=(oh, ow),
-    )
-
-
-def apply_outer_crop(frames: Tensor, crop: OuterCrop) -> Tensor:
-    """Resize (..., C, h, w) frames (uint8 or float) to ``crop.resized_hw`` (bilinear, antialiased when
-    shrinking) and cut the window; every frame of the stack gets the same crop."""
-    from torchvision.transforms.v2 import functional as TF
-
-    if tuple(frames.shape[-2:]) != crop.frame_hw:
-        raise ValueError(f"frames are {tuple(frames.shape[-2:])}, the crop was sampled for {crop.frame_hw}")
-    resized = TF.resize(frames, list(crop.resized_hw), antialias=True)
-    oh, ow = crop.out_size
-    return resized[..., crop.top : crop.top + oh, crop.left : crop.left + ow]
