@@ -3,6 +3,7 @@
 Sources:
 - `synthdrive` + `flow.source=gt`: pairs rendered on the fly with exact flow (no video decoding, no estimator).
 - `bdd100k`, `wt`, `folder`, `synthdrive` (its videos): decoded from video files; flow estimated in the step.
+- `shards`: pairs and their flow precomputed by `poodle prepare` (poodle.data.shards); no decoding, no estimator.
 
 Batches are drawn with `StepBatchSampler`, so which pairs a rank reads at step s depends only on (seed, s, rank).
 """
@@ -70,6 +71,11 @@ def collate_pair_samples(samples: list[dict[str, torch.Tensor]]) -> PairBatch:
 
 def build_pair_source(cfg: Config):
     """(PairSource, flow estimator or None) for a config. Errors name the fix."""
+    if cfg.data.dataset == "shards":
+        from poodle.data.shards import ShardPairs
+
+        # Shards carry both flows, so flow.source is not used here (prepare.json records what produced them).
+        return PairSource(ShardPairs.from_config(cfg.data), cfg), None
     if cfg.flow.source == "gt":
         if cfg.data.dataset != "synthdrive":
             raise ValueError(

@@ -62,27 +62,42 @@ class SynthDrivePairs(torch.utils.data.Dataset):
             return dt, dt
         return self.cfg.dt_frames
 
-    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+    def draws(self, key: int) -> list[dict]:
+        """The `repeat` pair draws of sample `key`: video, frames t and t + dt, render scale and size, crop box.
+
+        Rendering uses no randomness, so these draws fully describe `self[key]` (the shard writer stores them).
+        """
         video = key % self.num_videos
         rng = np.random.default_rng([self.world_seed, int(key), 0xF10])
         h, w = self.cfg.resolution
         lo, hi = self._dt_range()
         hi = min(hi, self.num_frames - 1)
         lo = min(lo, hi)
-        out: dict[str, list[np.ndarray]] = {"frame_a": [], "frame_b": [], "flow_ab": [], "flow_ba": []}
+        out = []
         for _ in range(self.cfg.repeat):
             s = rng.uniform(*self.cfg.scale)
             ch, cw = self.cfg.canvas
             rh, rw = max(h, _mult8(ch * s)), max(w, _mult8(cw * s))
-            seq = SynthDriveSequence(self.world_seed, self.index_base + video, resolution=(rh, rw), fps=self.fps)
             dt = int(rng.integers(lo, hi + 1))
             t = int(rng.integers(0, self.num_frames - dt))
             top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
+            out.append({
+                "video": video, "index": self.index_base + video, "t_a": t, "t_b": t + dt, "scale": float(s),
+                "resized_hw": (rh, rw), "box": (top, left, h, w),
+            })  # fmt: skip
+        return out
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        out: dict[str, list[np.ndarray]] = {"frame_a": [], "frame_b": [], "flow_ab": [], "flow_ba": []}
+        for d in self.draws(key):
+            seq = SynthDriveSequence(self.world_seed, d["index"], resolution=d["resized_hw"], fps=self.fps)
+            top, left, h, w = d["box"]
             window = (slice(top, top + h), slice(left, left + w))
+            t, t2 = d["t_a"], d["t_b"]
             out["frame_a"].append(seq.frame(t)[window])
-            out["frame_b"].append(seq.frame(t + dt)[window])
-            out["flow_ab"].append(seq.flow(t, t + dt)[window])
-            out["flow_ba"].append(seq.flow(t + dt, t)[window])
+            out["frame_b"].append(seq.frame(t2)[window])
+            out["flow_ab"].append(seq.flow(t, t2)[window])
+            out["flow_ba"].append(seq.flow(t2, t)[window])
         return {k: torch.from_numpy(np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2))) for k, v in out.items()}
 
 
