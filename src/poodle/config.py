@@ -15,9 +15,11 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -323,6 +325,15 @@ def from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data).validate()
 
 
+def build_typed(cls: type[T], data: dict[str, Any]) -> T:
+    """Build any config dataclass from a (possibly partial) nested dict; calls its `validate()` if it has one."""
+    obj = _build(cls, data)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -330,10 +341,23 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def shipped_configs() -> list[str]:
-    """Names of the configs shipped with the package (`poodle/configs/*.yaml`)."""
+# Shipped configs whose names start with these are segmentation-readout recipes (`ReadoutConfig`), not
+# pretraining configs; they share the folder because package data globs configs/*.yaml.
+READOUT_PREFIXES = ("readout_", "upernet_")
+
+
+def shipped_configs(kind: str = "pretrain") -> list[str]:
+    """Names of the configs shipped with the package (`poodle/configs/*.yaml`).
+
+    kind: "pretrain" (the `Config` files), "readout" (`readout_*` / `upernet_*`) or "all".
+    """
     root = resources.files("poodle") / "configs"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    names = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    if kind == "all":
+        return names
+    if kind not in ("pretrain", "readout"):
+        raise ValueError(f"kind must be pretrain, readout or all, got {kind!r}")
+    return [n for n in names if n.startswith(READOUT_PREFIXES) == (kind == "readout")]
 
 
 def _read_yaml(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
@@ -346,7 +370,7 @@ def _read_yaml(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
         res = resources.files("poodle") / "configs" / f"{name_or_path}.yaml"
         if not res.is_file():
             raise ConfigError(
-                f"unknown config {name_or_path!r}; shipped configs: {', '.join(shipped_configs())} "
+                f"unknown config {name_or_path!r}; shipped configs: {', '.join(shipped_configs('all'))} "
                 "(or give a path to a .yaml file)"
             )
         text = res.read_text()
@@ -385,10 +409,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(name_or_path: str = "poodle_bdd100k", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a shipped config by name (or a YAML path), apply `key.sub=value` overrides, validate."""
-    data = _read_yaml(name_or_path)
-    data.setdefault("name", Path(name_or_path).stem)
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Set each `key.sub=value` override in the nested dict `data` (in place; also returned)."""
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -397,4 +419,17 @@ def load_config(name_or_path: str = "poodle_bdd100k", overrides: list[str] | tup
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
-    return from_dict(data)
+    return data
+
+
+def load_typed(cls: type[T], name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Any config dataclass from a shipped name or YAML path (with `base:` inheritance) plus overrides."""
+    data = _read_yaml(name_or_path)
+    if "name" in {f.name for f in dataclasses.fields(cls)}:
+        data.setdefault("name", Path(name_or_path).stem)
+    return build_typed(cls, apply_overrides(data, overrides))
+
+
+def load_config(name_or_path: str = "poodle_bdd100k", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a shipped config by name (or a YAML path), apply `key.sub=value` overrides, validate."""
+    return load_typed(Config, name_or_path, overrides)

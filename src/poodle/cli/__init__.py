@@ -14,9 +14,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("poodle.cli.demo", "run the main job end to end on SynthDrive (no download, no GPU)"),
     "synth": ("poodle.cli.synth", "generate a SynthDrive dataset in the BDD100K on-disk layout"),
     "flow": ("poodle.cli.flow", "compute and visualise optical flow; report end-point error on SynthDrive"),
+    "prepare": ("poodle.cli.prepare", "decode sampled frame pairs and precompute their flow into WebDataset shards"),
     "pretrain": ("poodle.cli.pretrain", "pretrain PooDLe on SynthDrive, BDD100K, Walking Tours or a folder of videos"),
+    "eval": (
+        "poodle.cli.eval",
+        "linear or UperNet segmentation readout of a backbone, with class-group mIoU and figures",
+    ),
     "export": ("poodle.cli.export", "export a trained backbone as a torchvision state dict (SDM optional)"),
     "config": ("poodle.cli.config", "print a resolved config (shipped name or YAML, with key=value overrides)"),
+    "stats": ("poodle.cli.stats", "class statistics of a labelled dataset (spec Table 10 format) and its groups"),
+    "compare": ("poodle.cli.compare", "print results of several evaluations side by side"),
 }
 
 

@@ -1,0 +1,67 @@
+"""`poodle eval linear|upernet`: segmentation readout of a backbone with class-group mIoU, tables and figures.
+
+    poodle eval linear --dataset synthdrive --data demo_out/synthdrive --weights demo_out/pretrain --out ro
+    poodle eval linear --dataset bdd100k --data /datasets/bdd100k --weights imagenet:r50.pth --arch resnet50 --out ro
+    poodle eval upernet --dataset ade20k --data /datasets/ade --weights backbone.pth --out ro --set steps=80000
+
+The recipe is `readout_<dataset>` (linear) or `upernet_<dataset>` (shipped configs; `--config` picks another,
+e.g. `readout_synthdrive_cpu`), with `key=value` overrides. Under torchrun every rank trains its share.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from poodle.cli import UserError
+
+DATASETS = ("bdd100k", "cityscapes", "ade20k", "wtsem", "synthdrive", "folder")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("head", choices=("linear", "upernet"), help="readout head")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
+    p.add_argument("--weights", required=True,
+                   help="poodle run folder / checkpoint, torchvision .pth, imagenet:PATH or random")  # fmt: skip
+    p.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="needed for random; else a check")
+    p.add_argument("--out", required=True, help="output folder (results.json, table.md, head.pt, figures/)")
+    p.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    p.add_argument("--config", help="readout recipe name or YAML (default: readout_/upernet_<dataset>)")
+    p.add_argument("--name", help="method name shown in the tables (default: the weights' name)")
+    p.add_argument("--no-progress", action="store_true", help="periodic log lines instead of a progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides right after the head, e.g. `linear lr=0.01 inference=slide`")  # fmt: skip
+    # argparse cannot take positionals after options once the head was given, hence also --set at the end.
+    p.add_argument("--set", dest="set_overrides", nargs="+", action="extend", default=[], metavar="key=value",
+                   help="recipe overrides anywhere, e.g. --set lr=0.01 steps=100")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from poodle.config import shipped_configs
+    from poodle.data.segmentation import SegDatasetError
+    from poodle.evaluation.backbones import BackboneError
+    from poodle.evaluation.config import default_config_name, load_readout_config
+    from poodle.evaluation.readout import ReadoutError, run_readout
+    from poodle.evaluation.tables import table1, table3_rows
+
+    name = args.config or default_config_name(args.head, args.dataset)
+    if args.config is None and name not in shipped_configs("readout"):
+        raise UserError(f"no shipped recipe {name!r}; pass --config (shipped: {', '.join(shipped_configs('readout'))})")
+    overrides = [*args.overrides, *args.set_overrides]
+    if args.config is None or args.head == "upernet":
+        overrides.insert(0, f"head={args.head}")
+    cfg = load_readout_config(name, overrides)
+    if cfg.head != args.head:
+        raise UserError(f"the recipe {name!r} is a {cfg.head} readout but `poodle eval {args.head}` was asked")
+    label = args.name or Path(str(args.weights).removeprefix("imagenet:")).name
+    try:
+        results = run_readout(args.weights, args.dataset, args.data, cfg, args.out, steps=args.steps, arch=args.arch,
+                              method={"name": label}, progress=not args.no_progress)  # fmt: skip
+    except (BackboneError, SegDatasetError, ReadoutError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
+    print("\n" + table1(results, [label]) + "\n\n" + table3_rows(results, [label]) + "\n")
+    print(f"results: {Path(args.out) / 'results.json'}\ntables:  {Path(args.out) / 'table.md'}")
+    for fig, path in (results.get("figures") or {}).items():
+        print(f"figure {fig}: {path}")
+    return 0

@@ -1,0 +1,310 @@
+"""The segmentation readout: train a linear or UperNet head on a (frozen) backbone, evaluate, write results.
+
+    results = run_readout("runs/sd", "synthdrive", "data/synthdrive", load_readout_config("readout_synthdrive_cpu"),
+                          "runs/sd/readout")
+
+Single process, or DDP under `torchrun` (DistributedSampler for training; the val split is sharded by index and
+the confusion matrix all-reduced). Per step: poly lr, ImageNet-normalised crops, features of the frozen backbone
+under no_grad, head logits upsampled bilinearly to the crop, cross-entropy with ignore_index. At the end:
+whole-image or sliding-window inference on the val split, metrics at label resolution, class-group metrics,
+`results.json`, `table.md`, `head.pt` and figures in `out_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from poodle.data.augment import normalize
+from poodle.engine.checkpoint import atomic_save
+from poodle.engine.distributed import DistInfo, barrier, init_distributed
+from poodle.evaluation.backbones import FeatureBackbone, load_backbone
+from poodle.evaluation.config import ReadoutConfig
+from poodle.evaluation.inference import infer
+from poodle.evaluation.linear import LinearHead, upsample_logits
+from poodle.evaluation.upernet import UperNetHead
+
+
+class ReadoutError(RuntimeError):
+    pass
+
+
+class SegModel(nn.Module):
+    """Backbone + head; `forward(x)` -> logits at the head's stride. A frozen backbone runs under no_grad."""
+
+    def __init__(self, backbone: FeatureBackbone, head: nn.Module, features: str | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.features = features  # feature map of the linear head; None = UperNet pyramid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.frozen):
+            feats = self.backbone(x, with_sdm=self.features == "sdm")
+        return self.head(feats[self.features] if self.features is not None else feats)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense features shown in the PCA figure (the linear head's input, else layer4)."""
+        return self.backbone(x, with_sdm=self.features == "sdm")[self.features or "layer4"]
+
+
+def poly_lr(base: float, min_lr: float, step: int, total: int, power: float) -> float:
+    return (base - min_lr) * (1.0 - step / total) ** power + min_lr
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ReadoutError("device=cuda but CUDA is not available")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def build_model(backbone_spec: str, cfg: ReadoutConfig, num_classes: int, arch: str | None) -> SegModel:
+    if cfg.head == "linear":
+        # Decoder-carrying PooDLe checkpoints keep their strides (SDM -> stride 8); anything read out at layer4
+        # is dilated to stride 8 (FlowE's protocol; exact for the same weights).
+        probe = load_backbone(backbone_spec, arch=arch)
+        if cfg.features == "layer4" or probe.decoder is None:
+            backbone = load_backbone(backbone_spec, arch=arch, dilated=True, keep_decoder=False)
+        else:
+            backbone = probe
+        features = backbone.resolve_features(cfg.features)
+        head: nn.Module = LinearHead(backbone.channels[features], num_classes, cfg.kernel, cfg.dilation, cfg.bn)
+        return SegModel(backbone, head, features)
+    # UperNet reads the stride-32 encoder pyramid; the SDM is discarded (spec 6.1).
+    backbone = load_backbone(backbone_spec, arch=arch, dilated=False, keep_decoder=False)
+    chans = tuple(backbone.channels[k] for k in ("layer1", "layer2", "layer3", "layer4"))
+    head = UperNetHead(chans, num_classes, channels=cfg.upernet_channels, dropout=cfg.dropout)
+    if cfg.finetune:
+        backbone.unfreeze()
+    return SegModel(backbone, head, None)
+
+
+def _first(items: list) -> Any:
+    return items[0]
+
+
+def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return normalize(images.to(device, non_blocking=True).float().div_(255.0))
+
+
+def _class_groups(dataset_name: str, train_ds, out_dir: Path, info: DistInfo):
+    """BDD100K: Table 10's fixed groups. Others: groups from train-split statistics, cached in class_stats.json."""
+    from poodle.data.class_stats import class_statistics
+    from poodle.evaluation.groups import ClassGroups, groups_for_dataset
+
+    classes = list(train_ds.info.classes)
+    if dataset_name == "bdd100k":
+        return groups_for_dataset(dataset_name, classes)
+    cache = out_dir / "class_stats.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("classes_order") == classes and data.get("images") == len(train_ds):
+            return ClassGroups.from_dict(data["groups_by_index"])
+    stats = class_statistics((train_ds.load(i)[1] for i in range(len(train_ds))), classes,
+                             train_ds.info.ignore_index)  # fmt: skip
+    groups = ClassGroups.from_stats(stats, classes)
+    if info.is_main:
+        cache.write_text(json.dumps({**stats.to_dict(), "classes_order": classes,
+                                     "groups_by_index": groups.to_dict()}, indent=1))  # fmt: skip
+    return groups
+
+
+def run_readout(
+    backbone_spec: str | Path,
+    dataset_name: str,
+    data_root: str | Path,
+    cfg: ReadoutConfig,
+    out_dir: str | Path,
+    steps: int | None = None,
+    arch: str | None = None,
+    method: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate a readout; returns the results dict (also written to out_dir/results.json)."""
+    from poodle.data.seg_transforms import SegEvalTransform, SegTrainTransform, collate_segmentation
+    from poodle.data.segmentation import build_segmentation_dataset
+    from poodle.evaluation.metrics import ConfusionMatrix
+    from poodle.evaluation.tables import make_results, per_class_table, table1, table3_rows, write_results
+
+    t_start = time.perf_counter()
+    total_steps = int(steps if steps is not None else cfg.steps)
+    if total_steps < 1:
+        raise ReadoutError(f"steps must be >= 1, got {total_steps}")
+    out_dir = Path(out_dir)
+    info = init_distributed("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                            else "cpu")  # fmt: skip
+    device = resolve_device(cfg.device, info)
+    if cfg.batch_size % info.world_size:
+        raise ReadoutError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+    per_rank = cfg.batch_size // info.world_size
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    say = print if info.is_main else (lambda *a, **k: None)
+
+    # ---- data
+    train_tf = SegTrainTransform(cfg.crop_size, cfg.scale_range, base_size=cfg.base_size, hflip=True, seed=cfg.seed)
+    train_ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=train_tf)
+    val_ds = build_segmentation_dataset(dataset_name, data_root, "val", transform=SegEvalTransform(cfg.eval_resize))
+    ds_info = train_ds.info
+    classes, ignore = list(ds_info.classes), ds_info.ignore_index
+    if len(train_ds) < per_rank * info.world_size:
+        raise ReadoutError(f"the train split has {len(train_ds)} images, fewer than one batch of {cfg.batch_size}")
+    groups = _class_groups(dataset_name, train_ds, out_dir, info)
+
+    # ---- model
+    torch.manual_seed(cfg.seed)  # the random ("Scratch") backbone and the head init are reproducible
+    model = build_model(str(backbone_spec), cfg, len(classes), arch).to(device)
+    if info.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    groups_opt = [{"params": head_params, "lr_mult": 1.0}]
+    if not model.backbone.frozen:
+        groups_opt.append({"params": [p for p in model.backbone.parameters()], "lr_mult": cfg.backbone_lr_mult})
+    optimizer = torch.optim.SGD(groups_opt, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.enabled else model  # fmt: skip
+    autocast = cfg.amp and device.type == "cuda"
+    feat_name = model.features or "pyramid"
+    say(f"readout: {cfg.head}{' finetune' if cfg.finetune else ' (frozen backbone)'} on {feat_name} of "
+        f"{model.backbone.arch}{' dilated' if model.backbone.dilated else ''} [{model.backbone.source}] | "
+        f"{dataset_name}: {len(train_ds)} train / {len(val_ds)} val images, {len(classes)} classes | "
+        f"{total_steps} steps x batch {cfg.batch_size} on {device} x{info.world_size}", flush=True)  # fmt: skip
+
+    sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)  # fmt: skip
+    loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                        collate_fn=collate_segmentation, pin_memory=device.type == "cuda",
+                        persistent_workers=False)  # set_epoch must reach the workers  # fmt: skip
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    def evaluate(limit: int) -> Any:
+        ddp.eval()
+        n = len(val_ds) if limit <= 0 else min(limit, len(val_ds))
+        subset = torch.utils.data.Subset(val_ds, list(range(n))[info.rank :: info.world_size])
+        val_loader = DataLoader(subset, batch_size=1, num_workers=min(cfg.workers, 2), collate_fn=_first)
+        cm = ConfusionMatrix(len(classes), ignore, device=device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            for item in tqdm(val_loader, desc="eval", disable=not (progress and info.is_main), leave=False):
+                x = _to_input(item["image"][None], device)
+                logits = infer(model, x, cfg.inference, cfg.window, cfg.stride)
+                mask = item["mask"][None].to(device)
+                pred = upsample_logits(logits.float(), tuple(mask.shape[-2:])).argmax(1)
+                cm.update(pred, mask)
+        cm.all_reduce()
+        ddp.train()
+        return cm.compute()
+
+    # ---- train
+    ddp.train()
+    it = batches()
+    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+    last_loss = math.nan
+    bar = tqdm(total=total_steps, desc=f"{cfg.head} readout", disable=not (progress and info.is_main),
+               dynamic_ncols=True)  # fmt: skip
+    for step in range(total_steps):
+        for g in optimizer.param_groups:
+            g["lr"] = poly_lr(cfg.lr, cfg.min_lr, step, total_steps, cfg.power) * g["lr_mult"]
+        batch = next(it)
+        x = _to_input(batch["image"], device)
+        target = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = ddp(x)
+        logits = upsample_logits(logits.float(), tuple(target.shape[-2:]))
+        loss = F.cross_entropy(logits, target, ignore_index=ignore)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window_loss += float(loss.detach())
+        window_n += 1
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            last_loss = window_loss / window_n
+            if not math.isfinite(last_loss):
+                raise ReadoutError(f"non-finite loss at step {done}; lower lr (now {cfg.lr})")
+            rate = window_n * cfg.batch_size / max(time.perf_counter() - t_window, 1e-9)
+            bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if not progress and info.is_main:
+                print(f"step {done}/{total_steps} loss {last_loss:.4f} lr {optimizer.param_groups[0]['lr']:.3e} "
+                      f"{rate:.1f} img/s", flush=True)  # fmt: skip
+            window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+            m = evaluate(cfg.max_val_images)
+            bar.write(f"step {done}: val mIoU {100 * m.miou:.1f} aAcc {100 * m.aacc:.1f}") if info.is_main else None
+    bar.close()
+    train_seconds = time.perf_counter() - t_start
+
+    # ---- evaluate and write
+    metrics = evaluate(cfg.max_val_images)
+    readout = "finetune" if cfg.finetune else cfg.head
+    method = {"weights": str(backbone_spec), "arch": model.backbone.arch, "backbone_source": model.backbone.source,
+              "features": feat_name, **(method or {})}  # fmt: skip
+    results = make_results(metrics, dataset=dataset_name, split="val", classes=classes, readout=readout,
+                           method=method, steps=total_steps, groups=groups, config=cfg.to_dict(),
+                           ignore_index=ignore)  # fmt: skip
+    results["train_loss"] = last_loss
+    results["seconds"] = round(time.perf_counter() - t_start, 1)
+    results["train_seconds"] = round(train_seconds, 1)
+    if info.is_main:
+        head_state = {"head": model.head.state_dict(), "config": cfg.to_dict(), "classes": classes,
+                      "features": feat_name, "backbone": str(backbone_spec), "step": total_steps}  # fmt: skip
+        if not model.backbone.frozen:
+            head_state["backbone_state"] = model.backbone.state_dict()
+        atomic_save(head_state, out_dir / "head.pt")
+        if cfg.figures > 0:
+            results["figures"] = _figures(model, val_ds, cfg, device, out_dir, metrics.per_class_iou, autocast)
+        write_results(results, out_dir / "results.json")
+        label = [str(method.get("name") or Path(str(backbone_spec)).name)]
+        (out_dir / "table.md").write_text(
+            f"## {dataset_name} {readout} readout ({total_steps} steps)\n\n"
+            f"### mIoU and pixel accuracy (Table 1 layout)\n\n{table1(results, label)}\n\n"
+            f"### mIoU by class group (Table 3 layout)\n\n{table3_rows(results, label)}\n\n"
+            f"### Pixel accuracy by class group (Table 6 layout)\n\n{table3_rows(results, label, 'Acc')}\n\n"
+            f"### Per-class IoU (Table 9 layout)\n\n{per_class_table(results, label)}\n"
+        )
+    barrier(info)
+    return results
+
+
+@torch.no_grad()
+def _figures(model: SegModel, val_ds, cfg: ReadoutConfig, device, out_dir: Path, per_class_iou, autocast: bool):
+    from poodle.evaluation.figures import write_figures
+
+    model.eval()
+    samples, feats = [], []
+    for i in range(min(cfg.figures, len(val_ds))):
+        item = val_ds[i]
+        x = _to_input(item["image"][None], device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = infer(model, x, cfg.inference, cfg.window, cfg.stride)
+            f = model.feature_map(x)[0].float()
+        mask = item["mask"]
+        pred = upsample_logits(logits.float(), tuple(mask.shape[-2:])).argmax(1)[0]
+        image = item["image"].permute(1, 2, 0).numpy()
+        if image.shape[:2] != tuple(mask.shape):  # eval_resize: show the image at label size
+            image = np.asarray(torch.nn.functional.interpolate(item["image"][None].float(), size=mask.shape,
+                               mode="bilinear")[0].permute(1, 2, 0).round().clamp(0, 255).byte())  # fmt: skip
+        samples.append((image, mask.numpy(), pred.cpu().numpy()))
+        feats.append(f.cpu())
+    info = val_ds.info
+    return write_figures(out_dir, samples, feats, list(info.classes), info.palette, per_class_iou, info.ignore_index)
