@@ -46,26 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Find the subcommand, then let its module declare its arguments before the real parse.
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in COMMANDS:
-        module = importlib.import_module(COMMANDS[command][0])
-        sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        module.add_arguments(sub_action.choices[command])
-    args = parser.parse_args(argv)
-    if args.command is None:
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command is None:  # --help, --version, no or an unknown command: argparse says what is valid
+        args = parser.parse_args(argv)
         parser.print_help()
         return 0
+    # The subcommand gets a parser of its own so that `key=value` overrides may stand between options
+    # (`poodle pretrain --out r optim.lr=1e-3 --steps 5`): parse_intermixed_args does not work with subparsers.
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"poodle {command}", description=module.__doc__ or help_text,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    module.add_arguments(sub)
+    args = sub.parse_intermixed_args(argv[1:])
+    args.command = command
     from poodle.config import ConfigError
 
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(module.run(args) or 0)
     except ConfigError as e:
         print(f"poodle {args.command}: config error: {e}", file=sys.stderr)
         return 2
     except UserError as e:
         print(f"poodle {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"poodle {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -31,10 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="method name shown in the tables (default: the weights' name)")
     p.add_argument("--no-progress", action="store_true", help="periodic log lines instead of a progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="recipe overrides right after the head, e.g. `linear lr=0.01 inference=slide`")  # fmt: skip
-    # argparse cannot take positionals after options once the head was given, hence also --set at the end.
+                   help="recipe overrides anywhere on the line, e.g. `lr=0.01 inference=slide`")  # fmt: skip
     p.add_argument("--set", dest="set_overrides", nargs="+", action="extend", default=[], metavar="key=value",
-                   help="recipe overrides anywhere, e.g. --set lr=0.01 steps=100")  # fmt: skip
+                   help="the same overrides behind a flag, e.g. --set lr=0.01 steps=100")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """`poodle pretrain`: PooDLe pretraining on SynthDrive, BDD100K, Walking Tours, a folder of videos or shards.
 
 Single process:   poodle pretrain --config synthdrive --out runs/sd
-Multi-GPU/node:   torchrun --nproc_per_node 8 -m poodle pretrain --config poodle_bdd100k \
-                      --data /data/bdd100k --out runs/bdd
+Multi-GPU/node:   torchrun --nproc_per_node 8 -m poodle pretrain --config poodle_bdd100k --out runs/bdd
+                  (see docs/training.md for multi-node and SLURM)
 """
 
 from __future__ import annotations
