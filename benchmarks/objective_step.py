@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
-        return float(out["loss"])
+        return float(out["loss"].detach())
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

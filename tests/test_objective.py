@@ -97,3 +97,23 @@ def test_gradients_reach_online_and_never_target(config):
     if cfg.objective.pooled:
         assert {"pooled_projector", "pooled_predictor"} <= with_grad
     assert online
+
+
+def test_chunked_dense_loss_equals_whole_batch_in_value_and_gradient():
+    base = [*SMALL, "objective.pooled=false", "augment.hflip_p=0.5"]
+    results = []
+    for chunk in (0, 1, 3):
+        torch.manual_seed(0)
+        obj = PooDLeObjective(load_config("poodle_ablation", [*base, f"objective.dense_chunk={chunk}"]))
+        g = torch.Generator().manual_seed(7)
+        batch = _batch(seed=2)
+        flow = torch.randn(2, 2, 64, 128, generator=g) * 3
+        out = obj(PairBatch(batch.frame_a, batch.frame_b, flow, -flow), torch.Generator().manual_seed(11))
+        out["loss"].backward()
+        grad = obj.networks.decoder.state_dict(keep_vars=True)
+        results.append((out["loss"].detach(), {k: v.grad.clone() for k, v in grad.items() if v.grad is not None}))
+    (l0, g0), *rest = results
+    for loss, grads in rest:
+        assert torch.allclose(loss, l0, rtol=1e-5, atol=1e-6)
+        for k in g0:
+            assert torch.allclose(grads[k], g0[k], rtol=1e-4, atol=1e-6), k

@@ -65,6 +65,7 @@ class ObjectiveConfig:
     # decision 3: "unaffine_then_warp" (paper, default) or "warp_then_unaffine" (release)
     target_order: str = "unaffine_then_warp"
     ema_momentum: float = 0.996  # start of the cosine EMA schedule (ends at 1)
+    dense_chunk: int = 2  # images per chunk of the full-resolution dense loss (memory); <= 0: all at once
 
     def validate(self) -> None:
         if not (self.dense or self.pooled):

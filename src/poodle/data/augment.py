@@ -285,6 +285,12 @@ class DenseGeometry:
     def batch(self) -> int:
         return self.flip.shape[0]
 
+    def rows(self, index: slice) -> DenseGeometry:
+        """The transforms of a slice of the batch (the dense loss is computed in chunks of images)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return DenseGeometry(self.affine[index], self.flip[index], self.size, self.use_affine, self.use_flip,
+                             pick(self.scale), pick(self.degrees))  # fmt: skip
+
     def _check(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[0] != self.batch:
             raise ValueError(f"expected (B={self.batch}, C, H, W), got {tuple(x.shape)}")

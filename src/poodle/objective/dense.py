@@ -9,8 +9,10 @@ the flow in-bounds mask, the forward-backward non-occlusion mask and the affine 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from poodle.data.augment import DenseGeometry
 from poodle.data.flow import backward_warp, in_bounds_mask, occlusion_mask
@@ -54,14 +56,68 @@ def dense_target_and_mask(
     return F.normalize(full, dim=1), mask.float()
 
 
-def dense_loss(online_full: Tensor, target_full: Tensor, mask: Tensor) -> Tensor:
-    """Masked mean squared distance of unit vectors (= 2 - 2 cos), per image, then averaged over images."""
+def dense_loss_per_image(online_full: Tensor, target_full: Tensor, mask: Tensor) -> Tensor:
+    """(B,) masked mean squared distance of unit vectors (= 2 - 2 cos) per image."""
     sq = (online_full - target_full).pow(2).sum(dim=1, keepdim=True)
-    per_image = (sq * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1e-7)
-    return per_image.mean()
+    return (sq * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1e-7)
+
+
+def dense_loss(online_full: Tensor, target_full: Tensor, mask: Tensor) -> Tensor:
+    """L_dense: the per-image masked mean, averaged over images."""
+    return dense_loss_per_image(online_full, target_full, mask).mean()
 
 
 def online_full_resolution(online_map: Tensor, online_geometry: DenseGeometry, size: tuple[int, int]) -> Tensor:
     """Online predictor output -> full resolution -> undo the online affine/flip -> L2-normalise (fp32)."""
     full = upsample_to(online_map.float(), size)
     return F.normalize(online_geometry.undo(full), dim=1)
+
+
+def _online_per_image_loss(online_map: Tensor, online_geometry: DenseGeometry, target_full: Tensor, mask: Tensor):
+    online_full = online_full_resolution(online_map, online_geometry, tuple(target_full.shape[-2:]))
+    return dense_loss_per_image(online_full, target_full, mask)
+
+
+def chunked_dense_loss(
+    online_map: Tensor,
+    target_map: Tensor,
+    flow: Tensor,
+    flow_back: Tensor,
+    online_geometry: DenseGeometry,
+    target_geometry: DenseGeometry,
+    alpha1: float = 0.1,
+    alpha2: float = 0.5,
+    order: str = "unaffine_then_warp",
+    chunk: int = 2,
+) -> tuple[Tensor, Tensor]:
+    """L_dense computed `chunk` images at a time, with the full-resolution online part recomputed in backward.
+
+    The loss lives at the input resolution: at 512 x 1024 every (2N, 256, H, W) fp32 intermediate is 2 GiB at
+    N = 2, and autograd would keep several of them (upsampled, un-affined, normalised, difference) for backward.
+    Here only the stride-8 online map is saved (`torch.utils.checkpoint`), and the target side, which needs no
+    gradient, is materialised for one chunk at a time. The loop runs over ceil(2N / chunk) fixed-size chunks,
+    not over samples, and reads nothing back to the host. Returns (L_dense, mean mask fraction).
+    `chunk <= 0` computes the whole batch at once (same value).
+    """
+    b = online_map.shape[0]
+    step = b if chunk <= 0 else chunk
+    losses, fractions = [], []
+    for start in range(0, b, step):
+        rows = slice(start, start + step)
+        with torch.no_grad():
+            target_full, mask = dense_target_and_mask(
+                target_map[rows], flow[rows], flow_back[rows], target_geometry.rows(rows),
+                online_geometry.rows(rows), alpha1, alpha2, order,
+            )  # fmt: skip
+        losses.append(
+            checkpoint(
+                _online_per_image_loss,
+                online_map[rows],
+                online_geometry.rows(rows),
+                target_full,
+                mask,
+                use_reentrant=False,
+            )  # fmt: skip
+        )
+        fractions.append(mask.mean(dim=(1, 2, 3)))
+    return torch.cat(losses).mean(), torch.cat(fractions).mean()

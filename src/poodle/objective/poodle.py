@@ -19,7 +19,7 @@ from poodle.config import Config
 from poodle.data.augment import photometric, sample_dense_geometry
 from poodle.data.subcrops import crop_pairs, flow_aware_subcrops
 from poodle.model import PooDLeNetworks
-from poodle.objective.dense import dense_loss, dense_target_and_mask, online_full_resolution
+from poodle.objective.dense import chunked_dense_loss
 from poodle.objective.pooled import pooled_loss
 
 
@@ -78,18 +78,15 @@ class PooDLeObjective(nn.Module):
             target_geo = sample_dense_geometry(2 * n, size, cfg.augment, online_images.device, generator)
             target_input = target_geo.apply(online_images.roll(n, dims=0))
             online_input = online_geo.apply(online_images)
-            with torch.no_grad():
-                with autocast:
-                    target_map = nets.target_dense(target_input)
-                target_full, mask = dense_target_and_mask(
-                    target_map, flow, flow_back, target_geo, online_geo,
-                    cfg.objective.occlusion_alpha1, cfg.objective.occlusion_alpha2, cfg.objective.target_order,
-                )  # fmt: skip
+            with torch.no_grad(), autocast:
+                target_map = nets.target_dense(target_input)
             with autocast:
                 online_map = nets.online_dense(online_input)
-            online_full = online_full_resolution(online_map, online_geo, size)
-            out["dense"] = dense_loss(online_full, target_full, mask)
-            out["mask_fraction"] = mask.mean()
+            out["dense"], out["mask_fraction"] = chunked_dense_loss(
+                online_map, target_map, flow, flow_back, online_geo, target_geo,
+                cfg.objective.occlusion_alpha1, cfg.objective.occlusion_alpha2, cfg.objective.target_order,
+                chunk=cfg.objective.dense_chunk,
+            )  # fmt: skip
             out["dense_std"] = _feature_std(online_map)
             total = total + cfg.objective.dense_weight * out["dense"]
         if cfg.objective.pooled:
