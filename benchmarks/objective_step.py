@@ -4,6 +4,7 @@ One step = photometric + dense-branch augmentation, target forward, online forwa
 both frame orderings, AdamW update and EMA update. Inputs are random frames with a smooth random flow, so the
 data pipeline is not measured here.
 
+    PYTHONPATH=src python benchmarks/objective_step.py --preset synthdrive   # the demo's config: r18, 64x128, 8 pairs
     PYTHONPATH=src python benchmarks/objective_step.py --preset cpu          # resnet18, 128x256, 2 pairs
     PYTHONPATH=src python benchmarks/objective_step.py --preset full         # R50 + SDM, 512x1024, 2 pairs
     PYTHONPATH=src python benchmarks/objective_step.py --preset full --device cuda
@@ -22,6 +23,7 @@ from poodle.config import load_config
 from poodle.objective import PairBatch, PooDLeObjective
 
 PRESETS = {
+    "synthdrive": ("synthdrive", [], 8),  # what `poodle demo` trains
     "cpu": ("poodle_ablation", ["model.arch=resnet18", "data.resolution=[128,256]"], 2),
     "ablation": ("poodle_ablation", [], 2),
     "full": ("poodle_bdd100k", [], 2),
