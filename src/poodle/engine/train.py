@@ -178,6 +178,10 @@ def pretrain(
 
     model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else objective  # fmt: skip
+    if cfg.run.compile:
+        # Compile the (DDP-wrapped) module for the forward only; `networks` keeps its plain state-dict names, so
+        # checkpoints and exports are the same with or without compilation.
+        model = torch.compile(model)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
