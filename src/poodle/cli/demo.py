@@ -1,4 +1,4 @@
-"""`poodle demo`: the README's main job end to end on SynthDrive (no download, no GPU; ~13 minutes on 2 cores).
+"""`poodle demo`: the README's main job end to end on SynthDrive (no download, no GPU; about 10 minutes on 2 cores).
 
 1. generate the `small` SynthDrive preset in the BDD100K layout (OUT/synthdrive);
 2. pretrain PooDLe (ResNet-18 + SDM, the `synthdrive` config, ground-truth flow) into OUT/pretrain;
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from poodle.cli import UserError
 
-FULL = {"pretrain_steps": 80, "readout_steps": 200, "scratch": True}
+FULL = {"pretrain_steps": 150, "readout_steps": 200, "scratch": True}
 QUICK = {"pretrain_steps": 4, "readout_steps": 20, "scratch": True}
 
 
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/{stages}] SynthDrive: generating the 'small' preset into {data}", flush=True)
     meta = generate_dataset(data, preset="small", seed=args.seed, overwrite=True, preview=True)
     print(f"      done at {elapsed()}: {meta['counts']}", flush=True)
+    print((data / "stats.md").read_text(), flush=True)  # the spec Table 10-style class statistics
 
     # 2. pretraining: the cosine horizon is set to the demo's length so the schedule completes.
     steps = plan["pretrain_steps"]
