@@ -95,3 +95,17 @@ def test_linear_readout_beats_the_majority_class(tiny_synthdrive, tmp_path):
     for name in ("table.md", "head.pt", "class_stats.json", "figures/predictions.png", "figures/features_pca.png",
                  "figures/per_class_iou.png"):  # fmt: skip
         assert (tmp_path / "ro" / name).is_file(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetune", [False, True])
+def test_upernet_readout_runs_frozen_and_finetuned(tiny_synthdrive, tmp_path, finetune):
+    from poodle.evaluation.readout import run_readout
+
+    cfg = load_readout_config("upernet_synthdrive_cpu", ["crop_size=[64,128]", "base_size=64", "scale_range=[1.0,1.0]",
+                                                         "figures=0", f"finetune={str(finetune).lower()}"])  # fmt: skip
+    torch.manual_seed(0)
+    results = run_readout("random", "synthdrive", tiny_synthdrive, cfg, tmp_path / "up", steps=3, arch="resnet18",
+                          progress=False)  # fmt: skip
+    assert 0.0 <= results["metrics"]["aacc"] <= 1.0
+    assert (tmp_path / "up" / "results.json").is_file()
