@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from poodle.config import Config, from_dict
+from poodle.config import Config
 from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from poodle.engine.metrics_log import MetricsLog
@@ -184,7 +185,7 @@ def pretrain(
         model = torch.compile(model)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = MetricsLog(run_dir, info.is_main, start_step, sched.stop_step)
     stop = _StopRequest()
     stop.install()
@@ -290,15 +291,3 @@ def _complete_batch(batch: PairBatch, flow_estimator, device: torch.device) -> P
         raise TrainingError("the data has no flow and no flow estimator was given (set flow.source)")
     flow_ab, flow_ba = flow_estimator.bidirectional(frame_a, frame_b)
     return PairBatch(frame_a, frame_b, flow_ab, flow_ba)
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The resolved config a run was trained with (from its last checkpoint)."""
-    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
-    return from_dict(ckpt["config"])
