@@ -56,6 +56,19 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t / info.world_size
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, in place.
+
+    DDP broadcasts buffers only at the start of a forward with grad enabled; after that forward each rank updates
+    its BN running statistics with its own batch (CPU/gloo has no SyncBatchNorm), so ranks drift apart until the next
+    training forward. Call this before evaluating with the bare module so all ranks evaluate the same model.
+    """
+    if not info.enabled:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from poodle.data.augment import normalize
 from poodle.engine.checkpoint import atomic_save
-from poodle.engine.distributed import DistInfo, barrier, init_distributed
+from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, broadcast_buffers, init_distributed
 from poodle.evaluation.backbones import FeatureBackbone, load_backbone
 from poodle.evaluation.config import ReadoutConfig
 from poodle.evaluation.inference import infer
@@ -117,8 +117,12 @@ def _class_groups(dataset_name: str, train_ds, out_dir: Path, info: DistInfo):
                              train_ds.info.ignore_index)  # fmt: skip
     groups = ClassGroups.from_stats(stats, classes)
     if info.is_main:
-        cache.write_text(json.dumps({**stats.to_dict(), "classes_order": classes,
-                                     "groups_by_index": groups.to_dict()}, indent=1))  # fmt: skip
+        # Write-then-rename: under DDP the other ranks may be checking this cache while rank 0 writes it, and a
+        # plain write_text would let them read half a file.
+        tmp = cache.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**stats.to_dict(), "classes_order": classes,
+                                   "groups_by_index": groups.to_dict()}, indent=1))  # fmt: skip
+        tmp.replace(cache)
     return groups
 
 
@@ -199,7 +203,13 @@ def run_readout(
 
     def evaluate(limit: int) -> Any:
         ddp.eval()
+        # Each rank evaluates the bare `model` (no DDP forward, so no buffer sync) and its BN running statistics
+        # were last updated with its own batch: without this broadcast every rank would score its val shard with a
+        # different head, and the all-reduced matrix would match no single model (nor head.pt, saved by rank 0).
+        broadcast_buffers(model, info)
         n = len(val_ds) if limit <= 0 else min(limit, len(val_ds))
+        # Shard by index without padding (unlike DistributedSampler): each val image is scored exactly once, so the
+        # summed confusion matrix equals a single-process evaluation.
         subset = torch.utils.data.Subset(val_ds, list(range(n))[info.rank :: info.world_size])
         val_loader = DataLoader(subset, batch_size=1, num_workers=min(cfg.workers, 2), collate_fn=_first)
         cm = ConfusionMatrix(len(classes), ignore, device=device)
@@ -239,7 +249,11 @@ def run_readout(
         bar.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == total_steps:
-            last_loss = window_loss / window_n
+            # Mean over ranks, so every rank logs, checks (and raises on) the same value: a non-finite loss on one
+            # rank only would otherwise leave the others waiting in the next gradient all-reduce. (On `device`:
+            # NCCL reduces CUDA tensors only.)
+            mean_loss = torch.tensor(window_loss / window_n, dtype=torch.float64, device=device)
+            last_loss = float(all_reduce_mean(mean_loss, info))
             if not math.isfinite(last_loss):
                 raise ReadoutError(f"non-finite loss at step {done}; lower lr (now {cfg.lr})")
             rate = window_n * cfg.batch_size / max(time.perf_counter() - t_window, 1e-9)
