@@ -37,8 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from poodle.config import shipped_configs
     from poodle.data.segmentation import SegDatasetError
+    from poodle.engine.distributed import shutdown_distributed
     from poodle.evaluation.backbones import BackboneError
     from poodle.evaluation.config import default_config_name, load_readout_config
     from poodle.evaluation.readout import ReadoutError, run_readout
@@ -59,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
                               method={"name": label}, progress=not args.no_progress)  # fmt: skip
     except (BackboneError, SegDatasetError, ReadoutError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
+    is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    shutdown_distributed()  # under torchrun: leave the process group cleanly; a no-op in a single process
+    if not is_main:
+        return 0
     print("\n" + table1(results, [label]) + "\n\n" + table3_rows(results, [label]) + "\n")
     print(f"results: {Path(args.out) / 'results.json'}\ntables:  {Path(args.out) / 'table.md'}")
     for fig, path in (results.get("figures") or {}).items():

@@ -40,6 +40,9 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from poodle.engine.distributed import shutdown_distributed
     from poodle.engine.pair_sources import build_pair_source
     from poodle.engine.train import TrainingError, pretrain
 
@@ -54,5 +57,8 @@ def run(args: argparse.Namespace) -> int:
         result = pretrain(cfg, args.out, source, flow_estimator, stop_step=args.steps, resume=args.resume)
     except TrainingError as e:
         raise UserError(str(e)) from e
-    print(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
+    is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    shutdown_distributed()  # under torchrun: leave the process group cleanly; a no-op in a single process
+    if is_main:
+        print(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
     return 0
