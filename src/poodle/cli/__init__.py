@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("poodle.cli.config", "print a resolved config (shipped name or YAML, with key=value overrides)"),
     "stats": ("poodle.cli.stats", "class statistics of a labelled dataset (spec Table 10 format) and its groups"),
     "compare": ("poodle.cli.compare", "print results of several evaluations side by side"),
+    "analyze": (
+        "poodle.cli.analyze",
+        "analyses of a labelled dataset: subcrop-hit probability vs pixel probability (spec App. C)",
+    ),
 }
 
 
