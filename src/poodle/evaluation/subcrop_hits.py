@@ -24,23 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from poodle.data.classes import BDD100K_CLASSES
+
 if TYPE_CHECKING:
     from PIL import Image
 
-# App. C foreground classes (BDD100K / Cityscapes names).
-PAPER_FOREGROUND: tuple[str, ...] = (
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
+# App. C foreground classes: pole, traffic light, traffic sign and person ... bicycle of the BDD100K/Cityscapes list.
+PAPER_FOREGROUND: tuple[str, ...] = BDD100K_CLASSES[5:8] + BDD100K_CLASSES[11:]
 
 
 def foreground_indices(class_names: Sequence[str], names: Iterable[str] = PAPER_FOREGROUND) -> list[int]:
