@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -38,45 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="write subcrop_hits.json and subcrop_hits.png here")
 
 
-def _masks(ds, n: int):
-    """Label maps of the first n samples; reads only the label files through the dataset's decoders when it has
-    them (as `dataset_statistics` does), else the loader's items."""
-    import numpy as np
-
-    from poodle.evaluation.groups import read_label_file
-
-    paths = list(getattr(ds, "mask_paths", None) or [])[:n]
-    decoders = list(getattr(ds, "decoders", None) or [])[:n]
-    for i in range(n):
-        if len(paths) == n and len(decoders) == n:
-            m = decoders[i](read_label_file(paths[i]), paths[i])
-        else:
-            m = ds[i]["mask"]
-        if sys.stderr.isatty() and ((i + 1) % 200 == 0 or i + 1 == n):
-            print(f"\rreading label maps {i + 1}/{n}", end="\n" if i + 1 == n else "", file=sys.stderr)
-        yield np.asarray(m)
-
-
 def run(args: argparse.Namespace) -> int:
+    from poodle.cli.stats import open_dataset, print_progress
+    from poodle.evaluation.groups import label_maps
     from poodle.evaluation.subcrop_hits import PAPER_FOREGROUND, foreground_indices, hit_plot, subcrop_hit_analysis
 
-    root = Path(args.data)
-    if not root.exists():
-        raise UserError(f"--data {root}: no such folder")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be >= 1")
     if not 0.0 < args.threshold <= 1.0:
         raise UserError("--threshold must be in (0, 1]")
     if args.subcrops < 1 or args.bins < 1:
         raise UserError("--subcrops and --bins must be >= 1")
-    try:
-        from poodle.data.segmentation import build_segmentation_dataset
-    except ImportError as e:
-        raise UserError(f"segmentation datasets are not available: {e}") from e
-    try:
-        ds = build_segmentation_dataset(args.dataset, str(root), args.split)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from e
+    ds, root = open_dataset(args)
     classes = list(ds.info.classes)
     wanted = [s.strip() for s in args.foreground.split(",") if s.strip()] if args.foreground else PAPER_FOREGROUND
     fg = foreground_indices(classes, wanted)
@@ -87,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("the dataset is empty")
     t0 = time.perf_counter()
     result = subcrop_hit_analysis(
-        _masks(ds, n),
+        label_maps(ds, n, print_progress),
         classes,
         fg,
         subcrops_per_crop=args.subcrops,

@@ -54,33 +54,37 @@ def render_report(stats, dataset: str, split: str, root: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-
-    from poodle.evaluation.groups import ClassGroups, dataset_statistics
-
+def open_dataset(args: argparse.Namespace):
+    """(segmentation dataset, root) from --dataset/--data/--split, with --limit checked; errors as UserError."""
     root = Path(args.data)
     if not root.exists():
         raise UserError(f"--data {root}: no such folder")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
+    from poodle.data.segmentation import build_segmentation_dataset
+
     try:
-        from poodle.data.segmentation import build_segmentation_dataset
-    except ImportError as e:  # the loaders ship with the evaluation package
-        raise UserError(f"segmentation datasets are not available: {e}") from e
-    try:
-        ds = build_segmentation_dataset(args.dataset, str(root), args.split)
+        return build_segmentation_dataset(args.dataset, str(root), args.split), root
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
+
+
+def print_progress(done: int, total: int) -> None:
+    """Progress of reading label maps, on stderr (stdout is the report), only on a terminal."""
+    # BDD100K's 7,000 train masks take about a minute: show it is alive.
+    if sys.stderr.isatty() and (done % 200 == 0 or done == total):
+        print(f"\rreading label maps {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from poodle.evaluation.groups import ClassGroups, dataset_statistics
+
+    ds, root = open_dataset(args)
     t0 = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        # BDD100K's 7,000 train masks take about a minute: show it is alive, on stderr (stdout is the report).
-        if sys.stderr.isatty() and (done % 200 == 0 or done == total):
-            print(f"\rreading label maps {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
-
     try:
-        stats = dataset_statistics(ds, limit=args.limit, progress=progress)
+        stats = dataset_statistics(ds, limit=args.limit, progress=print_progress)
     except ValueError as e:
         raise UserError(str(e)) from e
     report = render_report(stats, args.dataset, args.split, str(root))

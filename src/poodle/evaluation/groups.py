@@ -164,35 +164,27 @@ def mask_files_statistics(
     return class_statistics(_direct_maps(paths, ignore_index, reduce_zero_label), class_names, ignore_index)
 
 
-def dataset_statistics(
+def label_maps(
     dataset: Any, limit: int | None = None, progress: Callable[[int, int], None] | None = None
-) -> ClassStats:
-    """Class statistics of a segmentation dataset (`build_segmentation_dataset` API: `.info.classes`,
-    `.info.ignore_index`, items with "mask"), over its first `limit` samples (all by default).
+) -> Iterator[np.ndarray]:
+    """The decoded label maps of the first `limit` samples of a segmentation dataset (all by default).
 
     Reads only the label files when the dataset exposes `.mask_paths` (no image decode, ~10x faster): through the
     dataset's own per-sample `.decoders` when it has them (exactly what the loader yields), else directly when the
-    first file equals the loader's first mask; otherwise iterates the dataset's items.
+    first file equals the loader's first mask; otherwise iterates the dataset's items. `progress(done, total)` is
+    called after each map.
     """
     info = dataset.info
-    names = tuple(info.classes)
     ignore = int(getattr(info, "ignore_index", 255))
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise ValueError("the dataset is empty")
     paths = list(getattr(dataset, "mask_paths", None) or [])[:n]
     decoders = list(getattr(dataset, "decoders", None) or [])[:n]
-
-    def counted(maps: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        for i, m in enumerate(maps):
-            yield m
-            if progress is not None:
-                progress(i + 1, n)
-
+    maps: Iterable[np.ndarray] | None = None
     if len(paths) == n and len(decoders) == n:
         maps = (decoders[i](read_label_file(paths[i]), paths[i]) for i in range(n))
-        return class_statistics(counted(maps), names, ignore)
-    if len(paths) == n:
+    elif len(paths) == n:
         reduce = bool(getattr(info, "reduce_zero_label", False))
         try:
             first = next(iter(_direct_maps(paths[:1], ignore, reduce)))
@@ -200,8 +192,26 @@ def dataset_statistics(
         except (OSError, ValueError):
             ok = False
         if ok:
-            return class_statistics(counted(_direct_maps(paths, ignore, reduce)), names, ignore)
-    return class_statistics(counted(np.asarray(dataset[i]["mask"]) for i in range(n)), names, ignore)
+            maps = _direct_maps(paths, ignore, reduce)
+    if maps is None:
+        maps = (np.asarray(dataset[i]["mask"]) for i in range(n))
+    for i, m in enumerate(maps):
+        yield np.asarray(m)
+        if progress is not None:
+            progress(i + 1, n)
+
+
+def dataset_statistics(
+    dataset: Any, limit: int | None = None, progress: Callable[[int, int], None] | None = None
+) -> ClassStats:
+    """Class statistics of a segmentation dataset (`build_segmentation_dataset` API: `.info.classes`,
+    `.info.ignore_index`, items with "mask"), over its first `limit` samples (all by default); see `label_maps`."""
+    if len(dataset) == 0 or limit == 0:
+        raise ValueError("the dataset is empty")
+    info = dataset.info
+    return class_statistics(
+        label_maps(dataset, limit, progress), tuple(info.classes), int(getattr(info, "ignore_index", 255))
+    )
 
 
 def _direct_maps(paths: Sequence[str | Path], ignore_index: int, reduce_zero_label: bool) -> Iterator[np.ndarray]:
