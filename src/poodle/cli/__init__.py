@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "poodle.cli.analyze",
         "analyses of a labelled dataset: subcrop-hit probability vs pixel probability (spec App. C)",
     ),
+    "study": (
+        "poodle.cli.study",
+        "the SynthDrive study: Table 4/5 variants x seeds, same readout, claims tested (about 1 h on 2 cores)",
+    ),
 }
 
 

@@ -1,0 +1,404 @@
+"""Aggregate a study's jobs over seeds: mean +- std tables, tested claims, figures (OUT/report.md, summary.json).
+
+Statistics: each (variant, seed) run is one sample. Differences between two variants are tested with Welch's
+unequal-variance t-test (two-sided); a claim "holds" when the difference has the claimed sign at p < 0.05, is
+"contradicted" when it has the opposite sign at p < 0.05, and is "not resolved" otherwise (the seeds cannot tell
+the difference from noise). No multiple-comparison correction: there are four pre-registered claims.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+GROUPS = ("All", "Small", "Large", "Rare", "Common")
+ALPHA = 0.05
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+            last = d * c
+        if abs(last - 1.0) < 1e-14:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
+    if math.isnan(t) or math.isnan(df) or df <= 0:
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Welch's t-test of mean(a) - mean(b): {diff, t, df, p}; p is NaN with fewer than 2 samples per side."""
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": diff, "t": math.nan, "df": math.nan, "p": math.nan}
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se2 = va + vb
+    if se2 == 0.0:
+        return {"diff": diff, "t": math.copysign(math.inf, diff) if diff else math.nan, "df": math.inf,
+                "p": 0.0 if diff else 1.0}  # fmt: skip
+    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = diff / math.sqrt(se2)
+    return {"diff": diff, "t": t, "df": df, "p": t_two_sided_p(t, df)}
+
+
+def verdict(test: dict[str, float], sign: int = 1) -> str:
+    """'holds' / 'contradicted' / 'not resolved' for the claim sign * diff > 0."""
+    p, d = test["p"], test["diff"] * sign
+    if math.isnan(p):
+        return "not resolved (one seed)"
+    if p < ALPHA:
+        return "holds" if d > 0 else "contradicted"
+    return "not resolved"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    m, s = mean_std(values)
+    if math.isnan(s):
+        return f"{scale * m:.{digits}f}"
+    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+
+def load_jobs(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/seed*/job.json"))]
+
+
+def by_variant(records: list[dict[str, Any]], order: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {k: [] for k in order}
+    for r in records:
+        grouped.setdefault(r["variant"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in grouped.items() if v}
+
+
+def metric(recs: list[dict[str, Any]], group: str, kind: str = "mIoU") -> list[float]:
+    return [float(r["group_metrics"][kind][group]) for r in recs]
+
+
+def _small_minus_large(recs: list[dict[str, Any]]) -> list[float]:
+    return [a - b for a, b in zip(metric(recs, "Small"), metric(recs, "Large"))]
+
+
+# ------------------------------------------------------------------------------------------------ claims
+
+
+def _fmt_test(name_a: str, name_b: str, t: dict[str, float], what: str) -> str:
+    p = "n/a" if math.isnan(t["p"]) else f"{t['p']:.3f}"
+    return f"{what}: {name_a} − {name_b} = {100 * t['diff']:+.2f} points (Welch p = {p})"
+
+
+def claims(v: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The issue's four claims, each with its tests, a verdict and a one-line reading."""
+    out: list[dict[str, Any]] = []
+
+    def have(*keys: str) -> bool:
+        return all(k in v for k in keys)
+
+    if have("row7_poodle", "row1_flowe"):
+        a, b = v["row7_poodle"], v["row1_flowe"]
+        t_all = welch(metric(a, "All"), metric(b, "All"))
+        t_small = welch(metric(a, "Small"), metric(b, "Small"))
+        t_large = welch(metric(a, "Large"), metric(b, "Large"))
+        t_shape = welch(_small_minus_large(a), _small_minus_large(b))
+        out.append({
+            "claim": 1, "text": "PooDLe beats FlowE on All, and most on Small classes",
+            "tests": {"all": t_all, "small": t_small, "large": t_large, "small_minus_large": t_shape},
+            "verdict": {"all": verdict(t_all), "small_more_than_large": verdict(t_shape)},
+            "reading": [_fmt_test("PooDLe", "FlowE", t_all, "All mIoU"),
+                        _fmt_test("PooDLe", "FlowE", t_small, "Small mIoU"),
+                        _fmt_test("PooDLe", "FlowE", t_large, "Large mIoU"),
+                        _fmt_test("PooDLe", "FlowE", t_shape, "(Small − Large) mIoU")],
+        })  # fmt: skip
+    if have("row2_pool_no_decoder", "row1_flowe"):
+        t = welch(metric(v["row2_pool_no_decoder"], "All"), metric(v["row1_flowe"], "All"))
+        # "adds little": holds unless row 2 is significantly better than row 1.
+        verdict2 = "holds" if not (t["p"] < ALPHA and t["diff"] > 0) else "contradicted"
+        if math.isnan(t["p"]):
+            verdict2 = "not resolved (one seed)"
+        reading = [_fmt_test("row 2", "row 1", t, "All mIoU")]
+        tests = {"row2_vs_row1": t}
+        if have("row7_poodle", "row5_sdm_no_pool"):
+            t75 = welch(metric(v["row7_poodle"], "All"), metric(v["row5_sdm_no_pool"], "All"))
+            tests["row7_vs_row5"] = t75
+            reading.append(_fmt_test("row 7", "row 5", t75, "for contrast, the pooled loss with the SDM, All mIoU"))
+        out.append({"claim": 2, "text": "the pooled loss alone adds little without the decoder (row 2 ~ row 1)",
+                    "tests": tests, "verdict": {"all": verdict2}, "reading": reading})  # fmt: skip
+    rows = [k for k in ("row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle") if k in v]
+    if "row7_poodle" in v and len(rows) >= 3:
+        means = {k: statistics.fmean(metric(v[k], "All")) for k in rows}
+        tests, verdicts, reading = {}, {}, []
+        for k in rows:
+            if k == "row7_poodle":
+                continue
+            t = welch(metric(v["row7_poodle"], "All"), metric(v[k], "All"))
+            tests[f"row7_vs_{k}"], verdicts[f"row7_vs_{k}"] = t, verdict(t)
+            reading.append(_fmt_test("row 7", k.split("_")[0].replace("row", "row "), t, "All mIoU"))
+        best = max(means, key=means.__getitem__)
+        reading.append(f"highest mean All mIoU among rows {', '.join(r.split('_')[0][3:] for r in rows)}: {best}")
+        out.append({"claim": 3, "text": "decoder + pooled loss together give the largest gain (row 7 best)",
+                    "tests": tests, "verdict": verdicts, "best": best, "reading": reading})  # fmt: skip
+    sweep = sweep_points(v)
+    if len(sweep) >= 2:
+        lo, hi = sweep[0], sweep[-1]
+        t_small = welch(metric(v[lo[2]], "Small"), metric(v[hi[2]], "Small"))
+        t_all = welch(metric(v[lo[2]], "All"), metric(v[hi[2]], "All"))
+        out.append({
+            "claim": 4, "text": "smaller subcrops help small classes (spec Table 5 trend)",
+            "tests": {"small": t_small, "all": t_all},
+            "verdict": {"small": verdict(t_small), "all": verdict(t_all)},
+            "reading": [_fmt_test(f"area {lo[0]:.2f}-{lo[1]:.2f}", f"area {hi[0]:.2f}-{hi[1]:.2f}", t_small,
+                                  "Small mIoU"),
+                        _fmt_test(f"area {lo[0]:.2f}-{lo[1]:.2f}", f"area {hi[0]:.2f}-{hi[1]:.2f}", t_all,
+                                  "All mIoU")],
+        })  # fmt: skip
+    return out
+
+
+def sweep_points(v: dict[str, list[dict[str, Any]]]) -> list[tuple[float, float, str]]:
+    """(area lo, area hi, variant) of the subcrop-area sweep, by mean area; row 7 (0.05-0.30) joins it."""
+    pts = []
+    for key in v:
+        if key.startswith("subcrops_"):
+            lo, hi = (float(x) for x in key.removeprefix("subcrops_").split("-"))
+            pts.append((lo, hi, key))
+    if pts and "row7_poodle" in v:
+        pts.append((0.05, 0.3, "row7_poodle"))
+    return sorted(pts, key=lambda p: p[0] + p[1])
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def group_table(v: dict[str, list[dict[str, Any]]], kind: str = "mIoU") -> str:
+    head = f"| Variant | Spec | Seeds | {' | '.join(GROUPS)} |\n|---|---|---|{'---|' * len(GROUPS)}"
+    rows = [f"| {r[0]['label']} | {r[0]['paper']} | {len(r)} | " + " | ".join(pm(metric(r, g, kind)) for g in GROUPS)
+            + " |" for r in v.values()]  # fmt: skip
+    return "\n".join([head, *rows])
+
+
+def per_class_table(v: dict[str, list[dict[str, Any]]]) -> str:
+    first = next(iter(v.values()))[0]
+    classes = first["classes"]
+    head = f"| Variant | {' | '.join(classes)} |\n|---|{'---|' * len(classes)}"
+    rows = []
+    for recs in v.values():
+        cells = []
+        for i in range(len(classes)):
+            vals = [r["metrics"]["per_class_iou"][i] for r in recs]
+            vals = [x for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
+            cells.append(f"{100 * statistics.fmean(vals):.1f}" if vals else "-")
+        rows.append(f"| {recs[0]['label']} | " + " | ".join(cells) + " |")
+    return "\n".join([head, *rows])
+
+
+def sweep_table(v: dict[str, list[dict[str, Any]]]) -> str:
+    pts = sweep_points(v)
+    head = "| Subcrop area | Variant | Small | Large | All |\n|---|---|---|---|---|"
+    rows = [f"| {lo:.2f} – {hi:.2f} | {v[k][0]['label']} | {pm(metric(v[k], 'Small'))} | "
+            f"{pm(metric(v[k], 'Large'))} | {pm(metric(v[k], 'All'))} |" for lo, hi, k in pts]  # fmt: skip
+    return "\n".join([head, *rows])
+
+
+def diagnostics_table(v: dict[str, list[dict[str, Any]]]) -> str:
+    head = ("| Variant | Readout features | Final loss | Dense std | Pooled std | Flow-warped cos | Same-place cos | "
+            "Shuffled cos | Warped cos, moving px | Same-place cos, moving px | Pretrain s | Readout s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+
+    def col(recs, getter, digits=3, scale=1.0):
+        vals = [getter(r) for r in recs]
+        vals = [x for x in vals if x is not None and not math.isnan(x)]
+        return pm(vals, scale, digits) if vals else "-"
+
+    rows = []
+    for recs in v.values():
+        p = lambda key: lambda r: r.get("pretrain", {}).get(key)  # noqa: E731
+        a = lambda key: lambda r: r.get("alignment", {}).get(key)  # noqa: E731
+        rows.append(
+            f"| {recs[0]['label']} | {recs[0].get('features')} | {col(recs, p('loss'))} | {col(recs, p('dense_std'))} "
+            f"| {col(recs, p('pooled_std'))} | {col(recs, a('warped'))} | {col(recs, a('same_place'))} | "
+            f"{col(recs, a('shuffled'))} | {col(recs, a('warped_moving'))} | {col(recs, a('same_place_moving'))} | "
+            f"{col(recs, lambda r: r.get('pretrain_seconds'), 0)} | "
+            f"{col(recs, lambda r: r.get('readout_seconds'), 0)} |"
+        )
+    return "\n".join([head, *rows])
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def bar_chart(v: dict[str, list[dict[str, Any]]], groups: Sequence[str] = ("All", "Small", "Large")):
+    """Grouped bars (one group per variant, one bar per class group) with +-1 std error bars and seed dots."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+    n = len(v)
+    slot = 24 * len(groups) + 20
+    left, top, bottom, right = 48, 36, 120, 16
+    width, height = left + right + slot * n, 380
+    img = Image.new("RGB", (max(width, 360), height), "white")
+    d = ImageDraw.Draw(img)
+    ph = height - top - bottom
+    ymax = max([max(metric(r, g)) for r in v.values() for g in groups] + [0.05])
+    ymax = math.ceil(ymax * 20) / 20  # next 5 points
+
+    def y(val: float) -> float:
+        return top + (1.0 - val / ymax) * ph
+
+    for k in range(int(round(ymax * 20)) + 1):
+        val = k / 20
+        d.line([left, y(val), left + slot * n, y(val)], fill=(225, 225, 225))
+        d.text((4, y(val) - 5), f"{100 * val:.0f}", fill="black", font=font)
+    d.text((left, 8), "SynthDrive study: linear-readout mIoU (mean ± std over seeds; dots = seeds)", fill="black",
+           font=font)  # fmt: skip
+    for i, recs in enumerate(v.values()):
+        x0 = left + i * slot + 10
+        for j, g in enumerate(groups):
+            vals = metric(recs, g)
+            m, s = mean_std(vals)
+            bx = x0 + 24 * j
+            d.rectangle([bx, y(m), bx + 18, y(0)], fill=colors[j % len(colors)])
+            if not math.isnan(s):
+                d.line([bx + 9, y(m + s), bx + 9, y(max(m - s, 0.0))], fill="black", width=1)
+            for val in vals:
+                d.ellipse([bx + 7, y(val) - 2, bx + 11, y(val) + 2], outline="black")
+        label = recs[0]["label"]
+        for li, part in enumerate(_wrap(label, max(8, slot // 6))):
+            d.text((x0, y(0) + 6 + 11 * li), part, fill="black", font=font)
+    for j, g in enumerate(groups):
+        lx = left + 80 * j
+        d.rectangle([lx, height - 18, lx + 10, height - 8], fill=colors[j % len(colors)])
+        d.text((lx + 14, height - 19), g, fill="black", font=font)
+    return img
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, cur = [], ""
+    for word in text.split():
+        if cur and len(cur) + 1 + len(word) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}".strip()
+    return [*lines, cur] if cur else lines
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def summarize(out: Path, plan_variants: Sequence[str]) -> dict[str, Any]:
+    v = by_variant(load_jobs(out), plan_variants)
+    variants = {}
+    for key, recs in v.items():
+        entry: dict[str, Any] = {"label": recs[0]["label"], "paper": recs[0]["paper"],
+                                 "seeds": [r["seed"] for r in recs]}  # fmt: skip
+        for kind in ("mIoU", "Acc"):
+            entry[kind] = {g: dict(zip(("mean", "std"), mean_std(metric(recs, g, kind))), values=metric(recs, g, kind))
+                           for g in GROUPS}  # fmt: skip
+        variants[key] = entry
+    return {"variants": variants, "claims": claims(v), "grouped": v}
+
+
+def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> dict[str, Any]:
+    out = Path(out)
+    s = summarize(out, plan.variants)
+    v = s.pop("grouped")
+    if not v:
+        raise ValueError(f"no finished jobs under {out / 'runs'}")
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    bar_chart(v).save(figures / "study_miou.png")
+    sweep = {k: v[k] for _, _, k in sweep_points(v)}
+    if sweep:
+        bar_chart(sweep, ("Small", "Large", "All")).save(figures / "subcrop_sweep.png")
+    lines = [
+        f"# SynthDrive study ({plan.name})",
+        "",
+        f"{len(v)} variants x up to {plan.seeds} seeds; {plan.pretrain_steps} pretraining steps of 8 pairs at 64x128 "
+        f"(ResNet-18) on a fixed pool of {plan.pairs} pairs; linear readout ({plan.readout_steps} steps) on "
+        f"{plan.train_images} train / {plan.val_images} val images. Values are mean ± std over seeds, in %."
+        + (f" Wall time {wall_seconds / 60:.1f} min." if wall_seconds is not None else ""),
+        "",
+        "## mIoU (Table 3/4 layout)",
+        "",
+        group_table(v, "mIoU"),
+        "",
+        "## Pixel accuracy by class group (Table 6 layout)",
+        "",
+        group_table(v, "Acc"),
+        "",
+        "## Claims",
+        "",
+    ]
+    for c in s["claims"]:
+        verdicts = ", ".join(f"{k}: **{val}**" for k, val in c["verdict"].items())
+        lines += [f"{c['claim']}. {c['text']} — {verdicts}", *[f"   - {r}" for r in c["reading"]], ""]
+    if sweep:
+        lines += ["## Subcrop area (Table 5 layout)", "", sweep_table(v), ""]
+    lines += [
+        "## Diagnostics",
+        "",
+        "Final pretraining loss and feature std (collapse check); cosine between a frame's readout features and the "
+        "other frame's features at the flow-moved place, at the same place, and at a random place "
+        "(`poodle.evaluation.feature_alignment`); the last two over the pixels that move >= 1 feature-map pixel.",
+        "",
+        diagnostics_table(v),
+        "",
+        "## Per-class IoU (mean over seeds)",
+        "",
+        per_class_table(v),
+        "",
+        "Figures: `figures/study_miou.png`" + (", `figures/subcrop_sweep.png`" if sweep else "") + "; per-run readout "
+        "figures in `runs/<variant>/seed0/readout/figures`.",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    s["plan"] = plan.to_dict()
+    s["wall_seconds"] = wall_seconds
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(s, indent=1, default=float))
+    tmp.replace(out / "summary.json")
+    return s

@@ -1,0 +1,215 @@
+"""The SynthDrive study: statistics, claims, the feature-alignment diagnostic, plans/configs, and a tiny end-to-end
+study (process pool, resume, report)."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from poodle.cli import main
+from poodle.engine.train import Schedule
+from poodle.evaluation.feature_alignment import alignment_from_features, feature_alignment
+from poodle.study.report import betainc, claims, t_two_sided_p, verdict, welch
+from poodle.study.synthdrive import (
+    FULL,
+    QUICK,
+    SCALE,
+    VARIANTS,
+    StudyError,
+    StudyPlan,
+    _check_plan,
+    make_jobs,
+    plan_for,
+    pretrain_config,
+    run_study,
+)
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def test_t_distribution_matches_tables():
+    # Two-sided 5 % critical values of Student's t: df=1 12.706, df=4 2.776, df=30 2.042, normal 1.960.
+    for t, df in ((12.7062, 1), (2.776445, 4), (2.042272, 30), (1.959964, 1e7)):
+        assert t_two_sided_p(t, df) == pytest.approx(0.05, abs=2e-5)
+    assert t_two_sided_p(0.0, 3) == pytest.approx(1.0)
+    assert t_two_sided_p(math.inf, 3) == 0.0
+    # I_x(1, 1) = x and I_x(a, b) = 1 - I_{1-x}(b, a)
+    assert betainc(1.0, 1.0, 0.3) == pytest.approx(0.3)
+    assert betainc(2.5, 0.5, 0.7) == pytest.approx(1.0 - betainc(0.5, 2.5, 0.3))
+
+
+def test_welch_by_hand():
+    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.5]
+    r = welch(a, b)
+    va, vb = 1.0 / 3, (1.0 + 0.0 + 2.25 - 3 * (0.5**2) + 0.0) / 2 / 3  # sample variances / n
+    vb = sum((x - 31 / 6) ** 2 for x in b) / 2 / 3
+    assert r["diff"] == pytest.approx(2.0 - 31 / 6)
+    assert r["t"] == pytest.approx(r["diff"] / math.sqrt(va + vb))
+    assert r["df"] == pytest.approx((va + vb) ** 2 / (va**2 / 2 + vb**2 / 2))
+    assert 0.02 < r["p"] < 0.04
+    assert verdict(r) == "contradicted" and verdict(r, sign=-1) == "holds"
+    assert verdict(welch([1.0, 2.0, 3.0], [1.5, 2.5, 2.0])) == "not resolved"
+    assert math.isnan(welch([1.0], [2.0, 3.0])["p"])
+    assert verdict(welch([1.0], [2.0, 3.0])).startswith("not resolved")
+
+
+def _record(variant: str, seed: int, all_: float, small: float, large: float) -> dict:
+    gm = {"All": all_, "Small": small, "Large": large, "Rare": small, "Common": large}
+    return {"variant": variant, "label": variant, "paper": "", "seed": seed, "group_metrics": {"mIoU": gm, "Acc": gm},
+            "metrics": {"per_class_iou": [all_]}, "classes": ["x"]}  # fmt: skip
+
+
+def test_claims_verdicts_follow_the_data():
+    noise = [0.0, 0.004, -0.004]
+    v = {
+        "row1_flowe": [_record("row1_flowe", s, 0.20 + e, 0.05 + e, 0.30 + e) for s, e in enumerate(noise)],
+        "row2_pool_no_decoder": [_record("row2", s, 0.20 - e, 0.05, 0.30) for s, e in enumerate(noise)],
+        "row5_sdm_no_pool": [_record("row5", s, 0.22 + e, 0.07, 0.31) for s, e in enumerate(noise)],
+        "row7_poodle": [_record("row7", s, 0.26 + e, 0.12 + e, 0.33 + e) for s, e in enumerate(noise)],
+        "subcrops_0.04-0.18": [_record("s", s, 0.27 + e, 0.14 + e, 0.33) for s, e in enumerate(noise)],
+        "subcrops_0.54-1.00": [_record("l", s, 0.24 + e, 0.09 + e, 0.33) for s, e in enumerate(noise)],
+    }
+    by_claim = {c["claim"]: c for c in claims(v)}
+    assert by_claim[1]["verdict"] == {"all": "holds", "small_more_than_large": "holds"}
+    assert by_claim[2]["verdict"]["all"] == "holds"  # row 2 == row 1 up to noise
+    assert by_claim[3]["best"] == "row7_poodle"
+    assert set(by_claim[3]["verdict"].values()) == {"holds"}
+    assert by_claim[4]["verdict"]["small"] == "holds"
+    # Swap PooDLe and FlowE: claim 1 is contradicted, not silently "holds".
+    v["row7_poodle"], v["row1_flowe"] = v["row1_flowe"], v["row7_poodle"]
+    assert {c["claim"]: c for c in claims(v)}[1]["verdict"]["all"] == "contradicted"
+
+
+# ------------------------------------------------------------------------------------------------ alignment
+
+
+def test_feature_alignment_known_translation():
+    # Features = a smooth random field; frame b is frame a moved right by 3 px, so flow_ab = +3 everywhere.
+    torch.manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.randn(2, 8, 6, 10), size=(24, 40), mode="bilinear")
+    feat_a = base
+    feat_b = torch.roll(base, shifts=3, dims=-1)
+    flow_ab = torch.zeros(2, 2, 24, 40)
+    flow_ab[:, 0] = 3.0
+    r = alignment_from_features(feat_a, feat_b, flow_ab, -flow_ab)
+    assert r.warped == pytest.approx(1.0, abs=1e-5)  # exact: integer shift, valid pixels only
+    assert r.same_place < r.warped - 0.05
+    assert r.shuffled < r.same_place
+    assert r.valid_fraction == pytest.approx(37 / 40)  # the 3 rightmost columns leave the frame
+    assert r.mean_motion_px == pytest.approx(3.0)
+
+
+def test_feature_alignment_runs_a_feature_function_on_uint8_frames():
+    frames = torch.randint(0, 256, (2, 3, 16, 32), dtype=torch.uint8)
+    flow = torch.zeros(2, 2, 16, 32)
+    seen = []
+
+    def fn(x):
+        seen.append(x)
+        return x[:, :, ::2, ::2]
+
+    r = feature_alignment(fn, frames, frames, flow, flow)
+    assert r.warped == pytest.approx(1.0, abs=1e-5) and r.same_place == pytest.approx(1.0, abs=1e-5)
+    assert seen[0].dtype == torch.float32 and seen[0].abs().max() < 3.0  # ImageNet-normalised
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+
+def test_plans_cover_the_issue():
+    for key in ("random", "row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle", "pooled_only"):
+        assert key in FULL.variants
+    assert FULL.seeds >= 3
+    assert sum(k.startswith("subcrops_") for k in FULL.variants) >= 2
+    jobs = make_jobs(tmp := __import__("pathlib").Path("/nonexistent"), QUICK)
+    assert [j.seed for j in jobs[: len(QUICK.variants)]] == [0] * len(QUICK.variants)  # seed-major
+    assert jobs[0].folder == tmp / "runs" / QUICK.variants[0] / "seed0"
+    with pytest.raises(StudyError, match="unknown variant"):
+        plan_for(False, variants=["row9"])
+    with pytest.raises(StudyError, match="seeds"):
+        plan_for(True, seeds=0)
+    assert plan_for(True, seeds=3, pretrain_steps=5).pretrain_steps == 5
+
+
+@pytest.mark.parametrize("key", ["row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle",
+                                 "pooled_only", "subcrops_0.54-1.00"])  # fmt: skip
+def test_pretrain_config_is_the_variant_at_study_scale(key, tmp_path):
+    cfg = pretrain_config(VARIANTS[key], FULL, tmp_path / "shards", seed=2)
+    assert cfg.model.arch == "resnet18" and tuple(cfg.data.resolution) == (64, 128)
+    assert cfg.data.dataset == "shards" and cfg.run.seed == 2 and cfg.subcrops.size == 32
+    assert cfg.model.dilated == (key in ("row1_flowe", "row2_pool_no_decoder"))
+    assert cfg.objective.pooled == (key != "row1_flowe" and key != "row5_sdm_no_pool")
+    assert cfg.objective.dense == (key != "pooled_only")
+    if key.startswith("subcrops_"):
+        assert tuple(cfg.subcrops.area) == (0.54, 1.0) and cfg.subcrops.target_area_max == 1.0
+    # The cosine horizon ends exactly at the study's step count.
+    sched = Schedule.from_config(cfg, FULL.pairs // cfg.data.repeat, None)
+    assert sched.stop_step == sched.total_steps == FULL.pretrain_steps
+    assert sched.warmup_steps == FULL.pretrain_steps // 10
+    assert all("=" in s for s in SCALE)
+
+
+def test_check_plan_refuses_foreign_folders(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(StudyError, match="no plan.json"):
+        _check_plan(foreign, QUICK, overwrite=False)
+    with pytest.raises(StudyError, match="refusing to delete"):
+        _check_plan(foreign, QUICK, overwrite=True)
+    study = tmp_path / "study"
+    _check_plan(study, QUICK, overwrite=False)
+    _check_plan(study, QUICK, overwrite=False)  # same plan: continue
+    with pytest.raises(StudyError, match="another plan"):
+        _check_plan(study, FULL, overwrite=False)
+    _check_plan(study, FULL, overwrite=True)
+    assert json.loads((study / "plan.json").read_text())["name"] == "full"
+
+
+def test_cli_list_and_errors(capsys, tmp_path):
+    assert main(["study", "synthdrive", "--out", str(tmp_path / "s"), "--list"]) == 0
+    printed = capsys.readouterr().out
+    assert "row7_poodle" in printed and "model.arch=resnet18" in printed
+    assert main(["study", "synthdrive", "--out", str(tmp_path / "s"), "--variants", "row9"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+TINY = StudyPlan(name="tiny", variants=("random", "row7_poodle", "row1_flowe"), seeds=2, pretrain_steps=2,
+                 readout_steps=2, pairs=16, train_videos=2, train_images=8, val_images=4, alignment_pairs=4,
+                 figures=1)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "study"
+    summary = run_study(out, TINY, jobs=2, progress=False)
+    assert set(summary["variants"]) == set(TINY.variants)
+    for key in TINY.variants:
+        entry = summary["variants"][key]
+        assert entry["seeds"] == [0, 1]
+        assert len(entry["mIoU"]["All"]["values"]) == 2
+    job = json.loads((out / "runs" / "row7_poodle" / "seed1" / "job.json").read_text())
+    assert job["features"] == "sdm" and job["pretrain"]["loss"] > 0
+    assert set(job["alignment"]) >= {"warped", "same_place", "shuffled"}
+    assert (out / "runs" / "row7_poodle" / "seed0" / "pretrain" / "last.pt").is_file()
+    report = (out / "report.md").read_text()
+    assert "| PooDLe (row 7) | Table 4 row 7 | 2 |" in report and "## Claims" in report
+    assert "1. PooDLe beats FlowE" in report
+    assert (out / "figures" / "study_miou.png").is_file()
+    # Rerun: every job is done, nothing is retrained (job.json untouched); the data is kept too.
+    stamp = (out / "runs" / "row7_poodle" / "seed0" / "job.json").stat().st_mtime_ns
+    shards = (out / "data" / "shards" / "index.json").stat().st_mtime_ns
+    capsys.readouterr()
+    run_study(out, TINY, jobs=1, progress=False)
+    assert (out / "runs" / "row7_poodle" / "seed0" / "job.json").stat().st_mtime_ns == stamp
+    assert (out / "data" / "shards" / "index.json").stat().st_mtime_ns == shards
+    # An interrupted job (no job.json) is redone from its checkpoint; the others are kept.
+    (out / "runs" / "row1_flowe" / "seed1" / "job.json").unlink()
+    run_study(out, replace(TINY), jobs=1, progress=False)
+    log = (out / "runs" / "row1_flowe" / "seed1" / "job.log").read_text()
+    assert "nothing to do" in log  # pretraining was complete: resumed at its stop step
