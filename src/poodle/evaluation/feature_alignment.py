@@ -96,3 +96,49 @@ def feature_alignment(
     frames = [f.float().div(255.0) if f.dtype == torch.uint8 else f.float() for f in (frame_a, frame_b)]
     fa, fb = (feature_fn(normalize(x)).float() for x in frames)
     return alignment_from_features(fa, fb, flow_ab, flow_ba)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def shard_pairs(shards, pairs: int) -> dict[str, torch.Tensor]:
+    """The first `pairs` frame pairs (rounded up to whole groups) of a prepared shards folder, concatenated."""
+    from poodle.data.shards import ShardPairs
+
+    ds = ShardPairs(shards)
+    items = [ds[i] for i in range(min(len(ds), max(1, -(-pairs // ds.repeat))))]
+    return {k: torch.cat([it[k] for it in items]) for k in ("frame_a", "frame_b", "flow_ab", "flow_ba")}
+
+
+def backbone_feature_fn(backbone, features: str = "auto"):
+    """(feature function for `feature_alignment`, the feature map's name): the readout features of a
+    `poodle.evaluation.backbones.FeatureBackbone` (`auto`: the SDM output when there is one, else layer4)."""
+    name = backbone.resolve_features(features)
+    backbone.eval()
+    return (lambda x: backbone(x, with_sdm=name == "sdm")[name]), name
+
+
+def pixel_features(x: torch.Tensor) -> torch.Tensor:
+    """The image itself as a 3-channel 'feature' map: a check of the flow and the warp, independent of a model."""
+    return x
+
+
+def patch_features(x: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """Mean-removed size x size RGB patches as features (more discriminative than single pixels)."""
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    return F.unfold(x, size, padding=size // 2).view(x.shape[0], -1, *x.shape[-2:])
+
+
+@torch.no_grad()
+def dense_head_alignment(networks, frame_a, frame_b, flow_ab, flow_ba) -> AlignmentResult:
+    """The same measure in the dense loss's own space: online prediction of frame a vs target projection of frame
+    b (`PooDLeNetworks.online_dense` / `target_dense`). If the loss is wired to the flow correctly, training
+    raises `warped` above `same_place` here, whatever the backbone features do."""
+    was_training = networks.training
+    networks.eval()
+    try:
+        a, b = (normalize(f.float().div(255.0) if f.dtype == torch.uint8 else f.float()) for f in (frame_a, frame_b))
+        return alignment_from_features(networks.online_dense(a).float(), networks.target_dense(b).float(), flow_ab,
+                                       flow_ba)  # fmt: skip
+    finally:
+        networks.train(was_training)

@@ -244,8 +244,9 @@ def sweep_table(v: dict[str, list[dict[str, Any]]]) -> str:
 
 def diagnostics_table(v: dict[str, list[dict[str, Any]]]) -> str:
     head = ("| Variant | Readout features | Final loss | Dense std | Pooled std | Flow-warped cos | Same-place cos | "
-            "Shuffled cos | Warped cos, moving px | Same-place cos, moving px | Pretrain s | Readout s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+            "Shuffled cos | Warped cos, moving px | Same-place cos, moving px | Dense head: warped | "
+            "Dense head: same place | Pretrain s | Readout s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
     def col(recs, getter, digits=3, scale=1.0):
         vals = [getter(r) for r in recs]
@@ -256,10 +257,12 @@ def diagnostics_table(v: dict[str, list[dict[str, Any]]]) -> str:
     for recs in v.values():
         p = lambda key: lambda r: r.get("pretrain", {}).get(key)  # noqa: E731
         a = lambda key: lambda r: r.get("alignment", {}).get(key)  # noqa: E731
+        h = lambda key: lambda r: r.get("alignment_dense_head", {}).get(key)  # noqa: E731
         rows.append(
             f"| {recs[0]['label']} | {recs[0].get('features')} | {col(recs, p('loss'))} | {col(recs, p('dense_std'))} "
             f"| {col(recs, p('pooled_std'))} | {col(recs, a('warped'))} | {col(recs, a('same_place'))} | "
             f"{col(recs, a('shuffled'))} | {col(recs, a('warped_moving'))} | {col(recs, a('same_place_moving'))} | "
+            f"{col(recs, h('warped'))} | {col(recs, h('same_place'))} | "
             f"{col(recs, lambda r: r.get('pretrain_seconds'), 0)} | "
             f"{col(recs, lambda r: r.get('readout_seconds'), 0)} |"
         )
@@ -383,7 +386,8 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         "",
         "Final pretraining loss and feature std (collapse check); cosine between a frame's readout features and the "
         "other frame's features at the flow-moved place, at the same place, and at a random place "
-        "(`poodle.evaluation.feature_alignment`); the last two over the pixels that move >= 1 feature-map pixel.",
+        "(`poodle.evaluation.feature_alignment`), also over the pixels that move >= 1 feature-map pixel; the same "
+        "for the dense loss's own space (online prediction of a vs target projection of b).",
         "",
         diagnostics_table(v),
         "",

@@ -221,19 +221,25 @@ def _last_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _alignment(backbone, shards: Path, pairs: int) -> dict[str, float]:
+def _alignment(backbone, networks, shards: Path, pairs: int) -> dict[str, dict[str, float]]:
+    """Flow alignment of the readout features and, for variants with a dense loss, of the dense head."""
     import torch
 
-    from poodle.data.shards import ShardPairs
-    from poodle.evaluation.feature_alignment import feature_alignment
+    from poodle.evaluation.feature_alignment import (
+        backbone_feature_fn,
+        dense_head_alignment,
+        feature_alignment,
+        shard_pairs,
+    )
 
-    ds = ShardPairs(shards)
-    items = [ds[i] for i in range(min(len(ds), max(1, pairs // ds.repeat)))]
-    cat = {k: torch.cat([it[k] for it in items]) for k in ("frame_a", "frame_b", "flow_ab", "flow_ba")}
-    features = backbone.resolve_features("auto")
-    backbone.eval()
-    fn = lambda x: backbone(x, with_sdm=features == "sdm")[features]  # noqa: E731
-    return feature_alignment(fn, cat["frame_a"], cat["frame_b"], cat["flow_ab"], cat["flow_ba"]).to_dict()
+    batch = shard_pairs(shards, pairs)
+    inputs = (batch["frame_a"], batch["frame_b"], batch["flow_ab"], batch["flow_ba"])
+    fn, _ = backbone_feature_fn(backbone)
+    with torch.no_grad():
+        out = {"features": feature_alignment(fn, *inputs).to_dict()}
+    if networks is not None and getattr(networks, "dense_projector", None) is not None:
+        out["dense_head"] = dense_head_alignment(networks, *inputs).to_dict()
+    return out
 
 
 def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 1) -> dict[str, Any]:
@@ -259,15 +265,18 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
             cfg = pretrain_config(job.variant, plan, shards, job.seed)
             run_dir = job.folder / "pretrain"
             source, flow = build_pair_source(cfg)
-            pretrain(cfg, run_dir, source, flow, resume=True)
+            networks = pretrain(cfg, run_dir, source, flow, resume=True)["networks"]
             record["pretrain"] = {k: v for k, v in _last_metrics(run_dir).items() if isinstance(v, (int, float))}
             record["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
             weights, arch = str(run_dir), None
         else:
-            weights, arch = "random", "resnet18"
+            weights, arch, networks = "random", "resnet18", None
         torch.manual_seed(job.seed)  # the random backbone: same init here as in the readout below
         backbone = load_backbone(weights, arch=arch, dilated=None if job.variant.pretrained else True)
-        record["alignment"] = _alignment(backbone, shards, plan.alignment_pairs)
+        alignment = _alignment(backbone, networks, shards, plan.alignment_pairs)
+        record["alignment"] = alignment["features"]
+        if "dense_head" in alignment:
+            record["alignment_dense_head"] = alignment["dense_head"]
         figures = plan.figures if job.seed == 0 else 0
         rcfg = load_readout_config("readout_synthdrive_cpu", [f"seed={job.seed}", "workers=0", f"figures={figures}"])
         t1 = time.perf_counter()
@@ -289,6 +298,20 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
 
 def _job_entry(job: Job, plan: StudyPlan, data: str, shards: str, threads: int) -> dict[str, Any]:
     return run_job(job, plan, Path(data), Path(shards), threads)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the study process is gone (killed by SIGTERM/SIGKILL, which skip the pool's
+    cleanup), instead of training on as an orphan that steals the cores of the next study. The job's last
+    checkpoint is kept, so the next run resumes it."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 # ----------------------------------------------------------------------------------------------------- study
@@ -351,7 +374,8 @@ def run_study(out: str | Path, plan: StudyPlan, jobs: int = 2, overwrite: bool =
         for job in todo:
             report(job, run_job(job, plan, data, shards, threads))
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # fmt: skip
             pending = {pool.submit(_job_entry, job, plan, str(data), str(shards), threads): job for job in todo}
             while pending:
                 finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
