@@ -1,16 +1,18 @@
-"""The SynthDrive study: statistics, claims, the feature-alignment diagnostic, plans/configs, and a tiny end-to-end
-study (process pool, resume, report)."""
+"""The SynthDrive study: statistics, claims, plans/configs, and a tiny end-to-end study (process pool, resume,
+report)."""
 
 import json
 import math
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-import torch
 
 from poodle.cli import main
 from poodle.engine.train import Schedule
-from poodle.evaluation.feature_alignment import alignment_from_features, feature_alignment
 from poodle.study.report import betainc, claims, t_two_sided_p, verdict, welch
 from poodle.study.synthdrive import (
     FULL,
@@ -82,39 +84,6 @@ def test_claims_verdicts_follow_the_data():
     assert {c["claim"]: c for c in claims(v)}[1]["verdict"]["all"] == "contradicted"
 
 
-# ------------------------------------------------------------------------------------------------ alignment
-
-
-def test_feature_alignment_known_translation():
-    # Features = a smooth random field; frame b is frame a moved right by 3 px, so flow_ab = +3 everywhere.
-    torch.manual_seed(0)
-    base = torch.nn.functional.interpolate(torch.randn(2, 8, 6, 10), size=(24, 40), mode="bilinear")
-    feat_a = base
-    feat_b = torch.roll(base, shifts=3, dims=-1)
-    flow_ab = torch.zeros(2, 2, 24, 40)
-    flow_ab[:, 0] = 3.0
-    r = alignment_from_features(feat_a, feat_b, flow_ab, -flow_ab)
-    assert r.warped == pytest.approx(1.0, abs=1e-5)  # exact: integer shift, valid pixels only
-    assert r.same_place < r.warped - 0.05
-    assert r.shuffled < r.same_place
-    assert r.valid_fraction == pytest.approx(37 / 40)  # the 3 rightmost columns leave the frame
-    assert r.mean_motion_px == pytest.approx(3.0)
-
-
-def test_feature_alignment_runs_a_feature_function_on_uint8_frames():
-    frames = torch.randint(0, 256, (2, 3, 16, 32), dtype=torch.uint8)
-    flow = torch.zeros(2, 2, 16, 32)
-    seen = []
-
-    def fn(x):
-        seen.append(x)
-        return x[:, :, ::2, ::2]
-
-    r = feature_alignment(fn, frames, frames, flow, flow)
-    assert r.warped == pytest.approx(1.0, abs=1e-5) and r.same_place == pytest.approx(1.0, abs=1e-5)
-    assert seen[0].dtype == torch.float32 and seen[0].abs().max() < 3.0  # ImageNet-normalised
-
-
 # ------------------------------------------------------------------------------------------------ plans
 
 
@@ -123,7 +92,7 @@ def test_plans_cover_the_issue():
         assert key in FULL.variants
     assert FULL.seeds >= 3
     assert sum(k.startswith("subcrops_") for k in FULL.variants) >= 2
-    jobs = make_jobs(tmp := __import__("pathlib").Path("/nonexistent"), QUICK)
+    jobs = make_jobs(tmp := Path("/nonexistent"), QUICK)
     assert [j.seed for j in jobs[: len(QUICK.variants)]] == [0] * len(QUICK.variants)  # seed-major
     assert jobs[0].folder == tmp / "runs" / QUICK.variants[0] / "seed0"
     with pytest.raises(StudyError, match="unknown variant"):
@@ -195,7 +164,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
         assert len(entry["mIoU"]["All"]["values"]) == 2
     job = json.loads((out / "runs" / "row7_poodle" / "seed1" / "job.json").read_text())
     assert job["features"] == "sdm" and job["pretrain"]["loss"] > 0
-    assert set(job["alignment"]) >= {"warped", "same_place", "shuffled"}
+    assert set(job["alignment"]) >= {"warped", "same_place", "shuffled", "warped_moving"}
+    assert "alignment_dense_head" in job  # a dense branch: its head's alignment is measured too
+    assert "alignment_dense_head" not in json.loads((out / "runs" / "random" / "seed0" / "job.json").read_text())
     assert (out / "runs" / "row7_poodle" / "seed0" / "pretrain" / "last.pt").is_file()
     report = (out / "report.md").read_text()
     assert "| PooDLe (row 7) | Table 4 row 7 | 2 |" in report and "## Claims" in report
@@ -213,3 +184,34 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     run_study(out, replace(TINY), jobs=1, progress=False)
     log = (out / "runs" / "row1_flowe" / "seed1" / "job.log").read_text()
     assert "nothing to do" in log  # pretraining was complete: resumed at its stop step
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_workers_exit_with_the_study_process(tmp_path):
+    # A study killed with SIGKILL/SIGTERM skips the pool's shutdown; its workers must not train on as orphans.
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from poodle.study.synthdrive import _exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=_exit_with_parent,\n"
+        "                               initargs=(os.getpid(),))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    os._exit(0)  # no cleanup, as under SIGKILL\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    worker = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker)

@@ -1,4 +1,4 @@
-"""`poodle study synthdrive --out DIR [--quick] [--jobs N] [--seeds N] [--variants a,b,...] [--overwrite]`.
+"""`poodle study synthdrive --out DIR [--quick] [--jobs N] [--seeds N] [--variants a,b,...] [key=value ...]`.
 
 Pretrains the spec Table 4 variants (rows 1, 2, 5, 7), pooled-only and a subcrop-area sweep (Table 5) on one
 fixed SynthDrive dataset and budget, several seeds each, plus a randomly initialised backbone; runs the same linear
@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "see --list)")  # fmt: skip
     p.add_argument("--steps", type=int, metavar="N", help="pretraining steps per run (default: the plan's)")
     p.add_argument("--readout-steps", type=int, metavar="N", help="readout steps per run (default: the plan's)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides for every pretrained variant (e.g. objective.ema_momentum=0.9)",
+    )
     p.add_argument("--list", action="store_true", help="list the variants and the plans, then exit")
     p.add_argument("--overwrite", action="store_true", help="delete DIR's previous study (another plan) first")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs only")
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     variants = [s.strip() for s in args.variants.split(",") if s.strip()] if args.variants else None
     t0 = time.perf_counter()
     try:
-        plan = plan_for(args.quick, args.seeds, variants, args.steps, args.readout_steps)
+        plan = plan_for(args.quick, args.seeds, variants, args.steps, args.readout_steps, args.overrides)
         if args.report_only:
             from pathlib import Path
 

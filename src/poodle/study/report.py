@@ -272,17 +272,24 @@ def diagnostics_table(v: dict[str, list[dict[str, Any]]]) -> str:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def bar_chart(v: dict[str, list[dict[str, Any]]], groups: Sequence[str] = ("All", "Small", "Large")):
+GROUP_COLORS = {"All": (31, 119, 180), "Small": (255, 127, 14), "Large": (44, 160, 44), "Rare": (214, 39, 40),
+                "Common": (148, 103, 189)}  # fmt: skip
+
+
+def bar_chart(
+    v: dict[str, list[dict[str, Any]]],
+    groups: Sequence[str] = ("All", "Small", "Large"),
+    title: str = "SynthDrive study: linear-readout mIoU (mean ± std over seeds; dots = seeds)",
+):
     """Grouped bars (one group per variant, one bar per class group) with +-1 std error bars and seed dots."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
     n = len(v)
     slot = 24 * len(groups) + 20
     left, top, bottom, right = 48, 36, 120, 16
     width, height = left + right + slot * n, 380
-    img = Image.new("RGB", (max(width, 360), height), "white")
+    img = Image.new("RGB", (max(width, 60 + 6 * len(title)), height), "white")
     d = ImageDraw.Draw(img)
     ph = height - top - bottom
     ymax = max([max(metric(r, g)) for r in v.values() for g in groups] + [0.05])
@@ -295,15 +302,14 @@ def bar_chart(v: dict[str, list[dict[str, Any]]], groups: Sequence[str] = ("All"
         val = k / 20
         d.line([left, y(val), left + slot * n, y(val)], fill=(225, 225, 225))
         d.text((4, y(val) - 5), f"{100 * val:.0f}", fill="black", font=font)
-    d.text((left, 8), "SynthDrive study: linear-readout mIoU (mean ± std over seeds; dots = seeds)", fill="black",
-           font=font)  # fmt: skip
+    d.text((left, 8), title, fill="black", font=font)
     for i, recs in enumerate(v.values()):
         x0 = left + i * slot + 10
         for j, g in enumerate(groups):
             vals = metric(recs, g)
             m, s = mean_std(vals)
             bx = x0 + 24 * j
-            d.rectangle([bx, y(m), bx + 18, y(0)], fill=colors[j % len(colors)])
+            d.rectangle([bx, y(m), bx + 18, y(0)], fill=GROUP_COLORS[g])
             if not math.isnan(s):
                 d.line([bx + 9, y(m + s), bx + 9, y(max(m - s, 0.0))], fill="black", width=1)
             for val in vals:
@@ -313,7 +319,7 @@ def bar_chart(v: dict[str, list[dict[str, Any]]], groups: Sequence[str] = ("All"
             d.text((x0, y(0) + 6 + 11 * li), part, fill="black", font=font)
     for j, g in enumerate(groups):
         lx = left + 80 * j
-        d.rectangle([lx, height - 18, lx + 10, height - 8], fill=colors[j % len(colors)])
+        d.rectangle([lx, height - 18, lx + 10, height - 8], fill=GROUP_COLORS[g])
         d.text((lx + 14, height - 19), g, fill="black", font=font)
     return img
 
@@ -347,6 +353,8 @@ def summarize(out: Path, plan_variants: Sequence[str]) -> dict[str, Any]:
 
 def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> dict[str, Any]:
     out = Path(out)
+    if wall_seconds is None and (out / "summary.json").is_file():  # --report-only keeps the measured wall time
+        wall_seconds = json.loads((out / "summary.json").read_text()).get("wall_seconds")
     s = summarize(out, plan.variants)
     v = s.pop("grouped")
     if not v:
@@ -356,13 +364,15 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
     bar_chart(v).save(figures / "study_miou.png")
     sweep = {k: v[k] for _, _, k in sweep_points(v)}
     if sweep:
-        bar_chart(sweep, ("Small", "Large", "All")).save(figures / "subcrop_sweep.png")
+        title = "Subcrop-area sweep (Table 5): mIoU, mean ± std; dots = seeds"
+        bar_chart(sweep, ("All", "Small", "Large"), title).save(figures / "subcrop_sweep.png")
     lines = [
         f"# SynthDrive study ({plan.name})",
         "",
         f"{len(v)} variants x up to {plan.seeds} seeds; {plan.pretrain_steps} pretraining steps of 8 pairs at 64x128 "
         f"(ResNet-18) on a fixed pool of {plan.pairs} pairs; linear readout ({plan.readout_steps} steps) on "
         f"{plan.train_images} train / {plan.val_images} val images. Values are mean ± std over seeds, in %."
+        + (f" Config overrides for every pretrained variant: `{' '.join(plan.overrides)}`." if plan.overrides else "")
         + (f" Wall time {wall_seconds / 60:.1f} min." if wall_seconds is not None else ""),
         "",
         "## mIoU (Table 3/4 layout)",

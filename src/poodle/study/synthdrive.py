@@ -106,6 +106,7 @@ class StudyPlan:
     world_seed: int = 0
     alignment_pairs: int = 16  # pairs of the shard pool used by the feature-alignment diagnostic
     figures: int = 2  # readout figures for seed 0
+    overrides: tuple[str, ...] = ()  # extra `key=value` config overrides for every pretrained variant
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +171,7 @@ def pretrain_config(variant: Variant, plan: StudyPlan, shards: Path, seed: int):
 
     if variant.config is None:
         raise StudyError(f"variant {variant.key} is not pretrained")
-    base = [*SCALE, *variant.overrides, f"data.root={shards}", f"run.seed={seed}"]
+    base = [*SCALE, *variant.overrides, *plan.overrides, f"data.root={shards}", f"run.seed={seed}"]
     batch = load_config(variant.config, base).optim.batch_size
     # One "epoch" := the whole run (steps x batch pairs), so the cosine horizon and the stop are exactly
     # `pretrain_steps` with no float rounding, and warmup is its first 10 %.
@@ -398,6 +399,7 @@ def plan_for(
     variants: list[str] | None = None,
     pretrain_steps: int | None = None,
     readout_steps: int | None = None,
+    overrides: list[str] | None = None,
 ) -> StudyPlan:
     """FULL or QUICK with optional changes (stored in OUT/plan.json: a folder holding another plan is refused)."""
     plan = QUICK if quick else FULL
@@ -408,6 +410,11 @@ def plan_for(
         plan = replace(plan, pretrain_steps=pretrain_steps)
     if readout_steps is not None:
         plan = replace(plan, readout_steps=readout_steps)
+    if overrides:
+        from poodle.config import load_config
+
+        load_config("poodle_ablation", list(overrides))  # a wrong key fails here, naming the valid ones
+        plan = replace(plan, overrides=tuple(overrides))
     if seeds is not None:
         if seeds < 1:
             raise StudyError(f"seeds must be >= 1, got {seeds}")
