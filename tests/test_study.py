@@ -102,13 +102,13 @@ def test_plans_cover_the_issue():
     assert plan_for(True, seeds=3, pretrain_steps=5).pretrain_steps == 5
 
 
-@pytest.mark.parametrize("key", ["row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle",
-                                 "pooled_only", "subcrops_0.54-1.00"])  # fmt: skip
+@pytest.mark.parametrize("key", ["row1_flowe", "row2_pool_no_decoder", "row3_pool_top_down", "row4_pool_lateral",
+                                 "row5_sdm_no_pool", "row7_poodle", "pooled_only", "subcrops_0.54-1.00"])  # fmt: skip
 def test_pretrain_config_is_the_variant_at_study_scale(key, tmp_path):
     cfg = pretrain_config(VARIANTS[key], FULL, tmp_path / "shards", seed=2)
     assert cfg.model.arch == "resnet18" and tuple(cfg.data.resolution) == (64, 128)
     assert cfg.data.dataset == "shards" and cfg.run.seed == 2 and cfg.subcrops.size == 32
-    assert cfg.model.dilated == (key in ("row1_flowe", "row2_pool_no_decoder"))
+    assert cfg.model.dilated == (key in ("row1_flowe", "row2_pool_no_decoder", "row4_pool_lateral"))
     assert cfg.objective.pooled == (key != "row1_flowe" and key != "row5_sdm_no_pool")
     assert cfg.objective.dense == (key != "pooled_only")
     if key.startswith("subcrops_"):

@@ -63,6 +63,12 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "row2_pool_no_decoder", "+ pooled, no SDM (row 2)", "table4_row2_pool_no_decoder", paper="Table 4 row 2"
         ),  # fmt: skip
+        Variant(
+            "row3_pool_top_down", "+ pooled, top-down only (row 3)", "table4_row3_pool_top_down", paper="Table 4 row 3"
+        ),  # fmt: skip
+        Variant(
+            "row4_pool_lateral", "+ pooled, laterals only (row 4)", "table4_row4_pool_lateral", paper="Table 4 row 4"
+        ),  # fmt: skip
         Variant("row5_sdm_no_pool", "+ SDM, no pooled (row 5)", "table4_row5_sdm_no_pool", paper="Table 4 row 5"),
         Variant("row7_poodle", "PooDLe (row 7)", "table4_row7_poodle", paper="Table 4 row 7"),
         Variant("pooled_only", "Pooled only", "pooled_only", paper="pooled-only baseline"),
