@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from poodle.cli import UserError
 
@@ -58,18 +59,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = plan_for(args.quick, args.seeds, variants, args.steps, args.readout_steps, args.overrides)
         if args.report_only:
-            from pathlib import Path
-
-            summary = write_report(Path(args.out), plan)
+            write_report(Path(args.out), plan)
         else:
-            summary = run_study(args.out, plan, jobs=args.jobs, overwrite=args.overwrite)
+            run_study(args.out, plan, jobs=args.jobs, overwrite=args.overwrite)
     except (StudyError, ValueError) as e:
         raise UserError(str(e)) from e
-    from pathlib import Path
-
     out = Path(args.out)
     print(f"\n{(out / 'report.md').read_text()}")
     print(f"study done in {(time.perf_counter() - t0) / 60:.1f} min: {out / 'report.md'}, {out / 'summary.json'}, "
           f"figures in {out / 'figures'}")  # fmt: skip
-    del summary
     return 0

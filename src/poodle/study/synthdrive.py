@@ -303,10 +303,6 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
     return record
 
 
-def _job_entry(job: Job, plan: StudyPlan, data: str, shards: str, threads: int) -> dict[str, Any]:
-    return run_job(job, plan, Path(data), Path(shards), threads)
-
-
 def _exit_with_parent(parent_pid: int) -> None:
     """Worker initializer: exit when the study process is gone (killed by SIGTERM/SIGKILL, which skip the pool's
     cleanup), instead of training on as an orphan that steals the cores of the next study. The job's last
@@ -383,7 +379,7 @@ def run_study(out: str | Path, plan: StudyPlan, jobs: int = 2, overwrite: bool =
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:  # fmt: skip
-            pending = {pool.submit(_job_entry, job, plan, str(data), str(shards), threads): job for job in todo}
+            pending = {pool.submit(run_job, job, plan, data, shards, threads): job for job in todo}
             while pending:
                 finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished_now:
