@@ -83,7 +83,10 @@ _CONSTANTS: dict[tuple, Tensor] = {}
 
 def _constant(values: tuple[float, ...], like: Tensor) -> Tensor:
     """(len(values), 1, 1) constant on ``like``'s device, cached: torch.tensor(list, device=cuda) would be a
-    blocking host-to-device copy (a stream sync) on every call."""
+    blocking host-to-device copy (a stream sync) on every call. Only plain tensors are cached: a FakeTensor (the
+    memory model, tracing) must not leak into later real calls."""
+    if type(like) is not torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype).view(-1, 1, 1).to(like.device)
     key = (values, like.device, like.dtype)
     out = _CONSTANTS.get(key)
     if out is None:

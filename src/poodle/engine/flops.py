@@ -34,7 +34,7 @@ from torch import nn
 from poodle.config import Config
 from poodle.data.augment import blur_kernel_size
 
-__all__ = ["StepFlops", "module_flops", "step_flops", "encoder_gflops"]
+__all__ = ["StepFlops", "encoder_gflops", "module_flops", "raft_gflops", "step_flops"]
 
 
 @dataclass(frozen=True)
@@ -183,3 +183,23 @@ def encoder_gflops(arch: str = "resnet50", resolution: tuple[int, int] = (512, 1
     if decoder is not None:
         flops = flops + module_flops(decoder, feats)[0]
     return flops.forward / 1e9
+
+
+def raft_gflops(resolution: tuple[int, int] = (512, 1024), iters: int = 24, shared: bool = False) -> float:
+    """GFLOPs of RAFT-large's flow for one pair in both directions, counted by FlopCounterMode on the meta device.
+
+    shared=False is the release's call (2 pairs [a; b] -> [b; a]: every frame encoded twice, two correlation
+    volumes); shared=True is `RaftFlow.bidirectional` (each frame encoded once). Only the last iteration is
+    convex-upsampled (what `RaftFlow` runs). The correlation volume is a matmul, so it is counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from poodle.data.optical_flow import RAFT_MIN_SIDE, RaftFlow, _raft_final_flow
+
+    h, w = (max(RAFT_MIN_SIDE, side + (-side) % 8) for side in resolution)  # RaftFlow's padding
+    with torch.device("meta"):
+        raft = RaftFlow("large", weights=None, iters=iters)
+        x = torch.zeros(2 if shared else 4, 3, h, w)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        _raft_final_flow(raft.raft, x, iters, shared)
+    return counter.get_total_flops() / 1e9

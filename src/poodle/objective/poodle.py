@@ -43,6 +43,10 @@ class PairBatch:
 
 
 class PooDLeObjective(nn.Module):
+    # Device types where run.precision=bf16 turns autocast on. CPU is off by default (CPU bf16 convolutions are
+    # slower than fp32 on most machines); tests and the memory model add "cpu" to run the bf16 path there.
+    autocast_device_types: tuple[str, ...] = ("cuda",)
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
@@ -54,7 +58,7 @@ class PooDLeObjective(nn.Module):
         Augmentations, warps, masks, normalisation and losses run outside autocast: bf16 sampling coordinates
         would be off by pixels and bf16 norms lose the small differences the losses are made of.
         """
-        enabled = device.type == "cuda" and self.cfg.run.precision == "bf16"
+        enabled = device.type in self.autocast_device_types and self.cfg.run.precision == "bf16"
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def forward(self, batch: PairBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
