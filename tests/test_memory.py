@@ -24,8 +24,8 @@ def test_fake_step_allocates_what_the_real_step_does():
     assert fake.peak > 0
 
 
-def test_fixed_parts_have_their_known_sizes():
-    cfg = load_config("poodle_bdd100k", [*SMALL, "run.precision=fp32"])
+def test_fixed_parts_have_their_known_sizes_and_the_rest_grows_with_pairs():
+    cfg = load_config("poodle_bdd100k", [*SMALL, "run.precision=fp32", "objective.dense_chunk=0"])
     mem = step_memory(cfg, 2)
     nets = PooDLeNetworks(cfg.model, dense=True, pooled=True)
     all_params = sum(p.numel() for p in nets.parameters())  # online + EMA target
@@ -34,16 +34,8 @@ def test_fixed_parts_have_their_known_sizes():
     # AdamW: exp_avg and exp_avg_sq per trained parameter, plus one step counter (a 4-byte scalar) per tensor
     tensors = sum(len(g["params"]) for g in param_groups(nets, cfg.optim.weight_decay))
     assert 8 * trained <= mem.by_category["optimizer"] <= 8 * trained + 4 * tensors + 512 * tensors
-
-
-def test_activations_grow_with_pairs_and_less_so_in_bf16():
-    """Per-pair activation memory (the slope from 4 to 8 pairs): measured 34.5 MB fp32, 22 MB bf16 per 2 pairs
-    here. bf16 saves less than half because warps, masks and losses stay fp32 and dominate at this tiny size."""
-
-    def slope(precision: str) -> int:
-        cfg = load_config("poodle_bdd100k", [*SMALL, f"run.precision={precision}"])
-        return step_memory(cfg, 8).by_category["activations"] - step_memory(cfg, 4).by_category["activations"]
-
-    fp32, bf16 = slope("fp32"), slope("bf16")
-    assert fp32 > 0 and bf16 > 0
-    assert bf16 < 0.8 * fp32
+    # The batch-dependent part (measured: 96 MB at 2 pairs, 148 MB at 4) grows, but less than the batch
+    fixed = mem.by_category["parameters"] + mem.by_category["optimizer"] + mem.by_category["buffers"]
+    variable2 = mem.peak - fixed
+    variable4 = step_memory(cfg, 4).peak - fixed
+    assert 1.2 * variable2 < variable4 < 2.0 * variable2
