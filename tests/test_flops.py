@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from poodle.config import load_config
-from poodle.engine.flops import encoder_gflops, step_flops
+from poodle.data.optical_flow import RaftFlow
+from poodle.engine.flops import encoder_gflops, raft_gflops, step_flops
 from poodle.objective import PairBatch, PooDLeObjective
 
 SMALL = [
@@ -65,3 +66,19 @@ def test_encoder_gflops_for_the_app_i_comparison():
     r50 = encoder_gflops("resnet50", (512, 1024)) / 2
     sdm = encoder_gflops("resnet50", (512, 1024), sdm=True) / 2
     assert r50 == pytest.approx(43.3, rel=0.02) and sdm == pytest.approx(60.5, rel=0.02)
+
+
+def test_raft_flops_on_meta_equal_a_real_run():
+    """raft_gflops (meta device, no compute) counts what RaftFlow really runs, padding included."""
+    torch.manual_seed(0)
+    raft = RaftFlow("large", weights=None, iters=2)
+    frames = torch.rand(2, 1, 3, 96, 136)  # RaftFlow pads to 128 x 136
+    for shared in (True, False):
+        with FlopCounterMode(display=False) as counter:
+            if shared:
+                raft.bidirectional(frames[0], frames[1])
+            else:  # the release's call: [a; b] -> [b; a]
+                raft(torch.cat([frames[0], frames[1]]), torch.cat([frames[1], frames[0]]))
+        assert raft_gflops((96, 136), iters=2, shared=shared) == pytest.approx(counter.get_total_flops() / 1e9)
+    assert raft_gflops((96, 136), 2, shared=True) < raft_gflops((96, 136), 2, shared=False)
+    assert raft_gflops((96, 136), 2) == raft_gflops((128, 136), 2)  # the padding is counted
