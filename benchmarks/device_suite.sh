@@ -27,7 +27,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # 1. bf16 / compile correctness: ours fp32 = reference, ours bf16 ~ fp32, compiled ~ eager
 step fast_path 100 benchmarks/fast_path_check.py --device cuda --compile
 # 2. The headline: the release's way (fp32, RAFT-large every step, per-crop loop) vs ours (cached flow), full recipe
-step full_release 150 benchmarks/train_step.py --config full --device cuda --steps 5 --flow release
+step full_release 150 benchmarks/train_step.py --config full --device cuda --steps 5 --flow release --roofline
 # 3. Ours compiled, fed by the engine's loader from prepared shards: MFU, pairs/s, peak memory, data wait, syncs
 step full_ours_shards 240 benchmarks/train_step.py --config full --device cuda --paths ours --compile --data shards \
     --steps 10

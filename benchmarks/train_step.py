@@ -263,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also print the fake-tensor memory model's peak for the ours path (poodle.engine.memory)",
     )
+    ap.add_argument(
+        "--roofline",
+        action="store_true",
+        help="also print the op-by-op H200 roofline of the ours path (poodle.engine.roofline)",
+    )
     ap.add_argument("--json", default=None, help="write every figure to this JSON file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one path, print JSON
     ap.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -312,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         predicted = step_memory(build_config(args.config, args.overrides), pairs)
         print(f"memory model (ours): {predicted.summary()}")
         report["predicted_peak_gib"] = predicted.peak / 2**30
+    if args.roofline:
+        from poodle.engine.roofline import step_roofline
+
+        roof = step_roofline(build_config(args.config, args.overrides), pairs)
+        print(roof.summary())
+        report["roofline"] = {"device": roof.device.name, "seconds": roof.seconds, "pairs_per_s": pairs / roof.seconds,
+                              "mfu": roof.mfu_bound(), "kernels": roof.kernels, "gbytes": roof.bytes / 1e9}  # fmt: skip
 
     results = report["paths"]
     env = dict(os.environ)

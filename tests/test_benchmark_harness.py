@@ -20,7 +20,7 @@ TINY = ["data.resolution=[64,128]", "model.proj_hidden_dim=64", "model.proj_out_
 def test_train_step_harness_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--config", "cpu", "--steps", "1", "--warmup", "0", "--data", "shards", "--workers", "1",
-            "--flow", "release", "--predict-memory", "--json", str(out), *TINY]  # fmt: skip
+            "--flow", "release", "--predict-memory", "--roofline", "--json", str(out), *TINY]  # fmt: skip
     assert train_step.main(argv) == 0
     printed = capsys.readouterr().out
     assert "ours/reference:" in printed and "RAFT-large x24" in printed
@@ -28,6 +28,7 @@ def test_train_step_harness_end_to_end(tmp_path, capsys):
     assert set(report["paths"]) == {"reference", "ours"}
     assert report["raft_gflop_per_pair"] > report["gflop_per_pair"] > 0  # RAFT outweighs this tiny model
     assert report["predicted_peak_gib"] > 0
+    assert report["roofline"]["pairs_per_s"] > 0 and 0 < report["roofline"]["mfu"] < 1
     for result in report["paths"].values():
         assert result["median_s"] > 0 and 0 <= result["data_wait_share"] < 1
         assert result["pairs_per_s"] == pytest.approx(2 / result["median_s"])
