@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's GPU checks in one call on a lent H200 (about 8 minutes; every step has its own time limit, so one
+# Issue 7's GPU checks in one call on a lent H200 (under 10 minutes; every step has its own time limit, so one
 # that hangs or runs out of memory costs only its slot). Prepare here once: bash benchmarks/device_wheels.sh.
 # Then, with the device tool:  run(command="bash benchmarks/device_suite.sh", carry=[".whl"], timeout_s=600)
 # Writes $OUT/suite.log (everything printed), $OUT/gpu.txt and one JSON per step (at most 8 files come back).
@@ -29,7 +29,9 @@ step fast_path 100 benchmarks/fast_path_check.py --device cuda --compile
 # 2. The headline: the release's way (fp32, RAFT-large every step, per-crop loop) vs ours (cached flow), full recipe
 step full_release 150 benchmarks/train_step.py --config full --device cuda --steps 5 --flow release --roofline
 # 3. Ours compiled, fed by the engine's loader from prepared shards: MFU, pairs/s, peak memory, data wait, syncs
-step full_ours_shards 240 benchmarks/train_step.py --config full --device cuda --paths ours --compile --data shards \
+step full_ours_shards 220 benchmarks/train_step.py --config full --device cuda --paths ours --compile --data shards \
     --steps 10
-# 4. The ablation resolution (256x512), eager, both paths, cached flow
-step ablation 60 benchmarks/train_step.py --config ablation --device cuda --steps 5
+# 4. The full-resolution dense loss alone, eager vs compiled: the roofline's bottleneck (143 of 215 ms eager)
+step dense_loss 90 benchmarks/dense_loss_compile.py --device cuda --images 16 --size 512 1024
+# (the ablation config, 256x512, if time is left in a second call:
+#  python3 benchmarks/train_step.py --config ablation --device cuda --steps 5)
