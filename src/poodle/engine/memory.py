@@ -28,7 +28,7 @@ from poodle.config import Config
 from poodle.engine.optim import build_optimizer
 from poodle.objective import PairBatch, PooDLeObjective
 
-__all__ = ["StepMemory", "step_memory"]
+__all__ = ["StepMemory", "build_step", "run_step", "step_memory"]
 
 # MemTracker's reference types (_MemRefType values) -> our names
 CATEGORIES = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Activation": "activations",
@@ -67,6 +67,35 @@ def _fake_parameters(module: nn.Module) -> None:
                 mod._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
 
 
+def build_step(cfg: Config, fake_mode=None) -> tuple[PooDLeObjective, torch.optim.Optimizer]:
+    """The objective and its AdamW for a step without data; with a `FakeTensorMode`, all parameters are fake.
+
+    The fake objective is built on the meta device (outside the mode: FakeTensorMode cannot deep-copy the online
+    modules into the EMA target) and then given fresh fake parameters inside it. `run.precision=bf16` turns on
+    autocast for the (fake) CPU tensors, as the CUDA step has it. Shared with `poodle.engine.roofline`.
+    """
+    with torch.device("meta" if fake_mode is not None else "cpu"):
+        objective = PooDLeObjective(cfg)
+    objective.autocast_device_types = ("cuda", "cpu")
+    with fake_mode if fake_mode is not None else contextlib.nullcontext():
+        if fake_mode is not None:
+            _fake_parameters(objective)
+        optimizer = build_optimizer(objective.networks, cfg.optim)
+    return objective, optimizer
+
+
+def run_step(objective: PooDLeObjective, optimizer: torch.optim.Optimizer, pairs: int, size: tuple[int, int]) -> None:
+    """One training step on zero frames (uint8, as the loader delivers them) and zero fp16 flow."""
+    h, w = size
+    frames = torch.zeros(2, pairs, 3, h, w, dtype=torch.uint8)
+    flow = torch.zeros(2, pairs, 2, h, w, dtype=torch.float16)
+    objective.networks.update_target(0.996)
+    out = objective(PairBatch(frames[0], frames[1], flow[0], flow[1]))
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+
+
 def step_memory(cfg: Config, pairs: int, resolution: tuple[int, int] | None = None, *, fake: bool = True) -> StepMemory:
     """Peak memory of a training step with `pairs` frame pairs at the config's resolution and precision.
 
@@ -76,29 +105,18 @@ def step_memory(cfg: Config, pairs: int, resolution: tuple[int, int] | None = No
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    h, w = resolution or cfg.data.resolution
-    with torch.device("meta" if fake else "cpu"):
-        objective = PooDLeObjective(cfg)
-    objective.autocast_device_types = ("cuda", "cpu")  # run.precision=bf16 -> autocast on the (fake) CPU tensors
-    with FakeTensorMode() if fake else contextlib.nullcontext():
-        if fake:
-            _fake_parameters(objective)
+    size = resolution or tuple(cfg.data.resolution)
+    fake_mode = FakeTensorMode() if fake else None
+    objective, optimizer = build_step(cfg, fake_mode)
+    with fake_mode if fake else contextlib.nullcontext():
         # MemTracker hooks the gradient of every parameter it sees, frozen ones included, and a frozen tensor
         # refuses hooks. The target only runs under no_grad and is not in the optimizer, so this changes nothing.
         objective.networks.target.requires_grad_(True)
-        optimizer = build_optimizer(objective.networks, cfg.optim)
         tracker = MemTracker()
         tracker.track_external(objective, optimizer)
         with tracker:
             for _ in range(2):
-                frames = torch.zeros(2, pairs, 3, h, w, dtype=torch.uint8)  # what the loader delivers
-                flow = torch.zeros(2, pairs, 2, h, w, dtype=torch.float16)
-                batch = PairBatch(frames[0], frames[1], flow[0], flow[1])
-                objective.networks.update_target(0.996)
-                out = objective(batch)
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                optimizer.step()
+                run_step(objective, optimizer, pairs, size)
                 # The root module may not run twice in one tracking round. The peak spans both steps; the second
                 # is the larger (AdamW's state exists by then).
                 tracker.reset_mod_stats()

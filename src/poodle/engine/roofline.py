@@ -19,7 +19,6 @@ and what torch.compile fuses (it removes intermediate reads and writes; `element
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -29,9 +28,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from poodle.config import Config
-from poodle.engine.memory import _fake_parameters
-from poodle.engine.optim import build_optimizer
-from poodle.objective import PairBatch, PooDLeObjective
+from poodle.engine.memory import build_step, run_step
 
 __all__ = ["H200", "DeviceSpec", "OpCost", "StepRoofline", "step_roofline"]
 
@@ -158,25 +155,14 @@ def step_roofline(
     """Op-by-op roofline of one training step (the second of two, so AdamW's state exists) on `device`."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    h, w = resolution or cfg.data.resolution
-    with torch.device("meta"):
-        objective = PooDLeObjective(cfg)
-    # bf16 autocast on the fake CPU tensors, as the CUDA step runs (channels_last does not change the counts)
-    objective.autocast_device_types = ("cuda", "cpu")
+    size = resolution or tuple(cfg.data.resolution)
     result = StepRoofline(pairs=pairs, device=device)
-    with FakeTensorMode():
-        _fake_parameters(objective)
-        optimizer = build_optimizer(objective.networks, cfg.optim)
-        for step in range(2):
-            mode = _RooflineMode(device) if step == 1 else contextlib.nullcontext()
-            with mode:
-                frames = torch.zeros(2, pairs, 3, h, w, dtype=torch.uint8)
-                flow = torch.zeros(2, pairs, 2, h, w, dtype=torch.float16)
-                objective.networks.update_target(0.996)
-                out = objective(PairBatch(frames[0], frames[1], flow[0], flow[1]))
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                optimizer.step()
-            if step == 1:
-                result.ops = dict(mode.ops)
+    fake_mode = FakeTensorMode()
+    objective, optimizer = build_step(cfg, fake_mode)
+    with fake_mode:
+        run_step(objective, optimizer, pairs, size)  # the first step creates AdamW's state
+        mode = _RooflineMode(device)
+        with mode:
+            run_step(objective, optimizer, pairs, size)
+        result.ops = dict(mode.ops)
     return result
