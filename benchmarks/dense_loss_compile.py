@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from poodle.config import load_config
-from poodle.data.augment import sample_dense_geometry
-from poodle.objective.dense import chunked_dense_loss
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step, when run as a script
+from poodle.config import load_config  # noqa: E402
+from poodle.data.augment import sample_dense_geometry  # noqa: E402
+from poodle.objective.dense import chunked_dense_loss  # noqa: E402
+from train_step import smooth_flow  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the networks' output dtype
     online = torch.randn(b, c, h // 8, w // 8, generator=g).to(device, dtype).requires_grad_()
     target = torch.randn(b, c, h // 8, w // 8, generator=g).to(device, dtype)
-    coarse = torch.randn(b, 2, 4, 8, generator=g) * 0.03 * w
-    flow = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).to(device)
+    flow = smooth_flow(b, h, w, g).to(device)
     online_geo = sample_dense_geometry(b, (h, w), cfg.augment, device, torch.Generator(device).manual_seed(1))
     target_geo = sample_dense_geometry(b, (h, w), cfg.augment, device, torch.Generator(device).manual_seed(2))
 

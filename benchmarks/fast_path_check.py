@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_step, when
 from poodle.config import load_config  # noqa: E402
 from poodle.objective import PairBatch, PooDLeObjective  # noqa: E402
 from reference_step import reference_forward, roi_align_one  # noqa: E402
+from train_step import smooth_flow  # noqa: E402
 
 SMALL = ["model.arch=resnet18", "model.proj_hidden_dim=256", "model.proj_out_dim=64", "subcrops.size=64"]
 # (loss relative difference, gradient cosine, |norm ratio - 1|) bounds per comparison
@@ -33,8 +34,7 @@ BOUNDS = {"structure": (1e-4, 0.9999, 1e-3), "bf16": (2e-2, 0.8, 0.1), "compile"
 
 def make_batch(n: int, h: int, w: int, device: torch.device) -> PairBatch:
     g = torch.Generator().manual_seed(0)
-    coarse = torch.randn(n, 2, 4, 8, generator=g) * 0.03 * w
-    flow = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    flow = smooth_flow(n, h, w, g)
     return PairBatch(torch.rand(n, 3, h, w, generator=g), torch.rand(n, 3, h, w, generator=g), flow, -flow).to(device)
 
 

@@ -126,7 +126,10 @@ class Inputs:
             self.fixed = PairBatch(frames[0], frames[1], flow, -flow).to(device)
             return
         self.fixed = None
-        meta = json.loads((Path(shards) / "index.json").read_text())["poodle"]
+        index = Path(shards) / "index.json"
+        if not index.is_file():
+            raise SystemExit(f"--shards {shards}: no index.json there; pass a folder written by `poodle prepare`")
+        meta = json.loads(index.read_text())["poodle"]
         if tuple(meta["resolution"]) != tuple(cfg.data.resolution) or pairs % meta["repeat"]:
             raise SystemExit(f"{shards}: prepared at {meta['resolution']} with repeat {meta['repeat']}; the benchmark "
                              f"needs {list(cfg.data.resolution)} and a repeat dividing {pairs} pairs")  # fmt: skip

@@ -39,3 +39,9 @@ def test_user_shards_must_match_the_resolution(tmp_path):
     cfg = train_step.build_config("cpu", TINY)
     with pytest.raises(SystemExit, match=r"prepared at \[32, 64\]"):
         train_step.Inputs(cfg, train_step.torch.device("cpu"), 2, str(tmp_path), 0, 1, 1)
+
+
+def test_a_folder_without_shards_is_refused_by_name(tmp_path):
+    cfg = train_step.build_config("cpu", TINY)
+    with pytest.raises(SystemExit, match="no index.json there"):
+        train_step.Inputs(cfg, train_step.torch.device("cpu"), 2, str(tmp_path / "missing"), 0, 1, 1)
