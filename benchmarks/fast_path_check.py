@@ -5,6 +5,8 @@ Same weights, inputs and random draws on every path (a small ResNet-18 config, s
                                    dense loss): must agree to float rounding
   ours bf16 vs ours fp32           autocast around the networks (channels_last too on CUDA): bf16 tolerance
   ours bf16 compiled vs eager      torch.compile (--compile): bf16 tolerance
+  plain ResNet-18, bf16 vs fp32    cross-entropy on the same images: what bf16 alone does to a gradient at this
+                                   batch size (no bound; the yardstick for the bf16 rows)
 Prints one row per comparison (loss difference, gradient cosine, gradient norm ratio) and exits 1 if a bound is
 broken. On CPU the bf16 rows use CPU autocast (tests/test_fast_path.py does the same with tighter control).
 
@@ -29,7 +31,8 @@ from train_step import smooth_flow  # noqa: E402
 
 SMALL = ["model.arch=resnet18", "model.proj_hidden_dim=256", "model.proj_out_dim=64", "subcrops.size=64"]
 # (loss relative difference, gradient cosine, |norm ratio - 1|) bounds per comparison
-BOUNDS = {"structure": (1e-4, 0.9999, 1e-3), "bf16": (2e-2, 0.8, 0.1), "compile": (2e-2, 0.8, 0.1)}
+BOUNDS = {"structure": (1e-4, 0.9999, 1e-3), "bf16": (2e-2, 0.8, 0.1), "compile": (2e-2, 0.8, 0.1),
+          "floor": (float("inf"), -1.0, float("inf"))}  # fmt: skip
 
 
 def make_batch(n: int, h: int, w: int, device: torch.device) -> PairBatch:
@@ -64,6 +67,27 @@ def compare(name: str, kind: str, a, b) -> dict:
         and abs(row["grad_norm_ratio"] - 1) <= max_norm
     )
     return row
+
+
+def plain_resnet18_floor(batch: PairBatch, device: torch.device) -> dict:
+    """bf16 vs fp32 gradients of a plain torchvision ResNet-18 under cross-entropy on the batch's frames."""
+    import torchvision
+
+    torch.manual_seed(0)
+    fp32 = torchvision.models.resnet18(num_classes=10).to(device)
+    bf16 = copy.deepcopy(fp32)
+    images = torch.cat([batch.frame_a, batch.frame_b])
+    labels = torch.arange(images.shape[0], device=device) % 10
+
+    def grads(model, enabled: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten().float() for p in model.parameters()])
+
+    return compare("plain ResNet-18 CE, bf16 vs fp32 (yardstick)", "floor", grads(bf16, True), grads(fp32, False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = clone("bf16")
     ours_bf16 = run(bf16, bf16, batch, device)
     rows.append(compare("ours bf16 vs ours fp32", "bf16", ours_bf16, ours_fp32))
+    rows.append(plain_resnet18_floor(batch, device))
     if args.compile:
         compiled = clone("bf16")
         forward = torch.compile(compiled)

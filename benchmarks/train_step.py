@@ -321,12 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory model (ours): {predicted.summary()}")
         report["predicted_peak_gib"] = predicted.peak / 2**30
     if args.roofline:
-        from poodle.engine.roofline import step_roofline
+        from poodle.engine.roofline import dense_loss_roofline, step_roofline
 
         roof = step_roofline(build_config(args.config, args.overrides), pairs)
         print(roof.summary())
+        loss_roof = dense_loss_roofline(build_config(args.config, args.overrides), pairs)
+        print("of which chunked_dense_loss alone, " + loss_roof.summary())
         report["roofline"] = {"device": roof.device.name, "seconds": roof.seconds, "pairs_per_s": pairs / roof.seconds,
-                              "mfu": roof.mfu_bound(), "kernels": roof.kernels, "gbytes": roof.bytes / 1e9}  # fmt: skip
+                              "mfu": roof.mfu_bound(), "kernels": roof.kernels, "gbytes": roof.bytes / 1e9,
+                              "dense_loss_seconds": loss_roof.seconds,
+                              "dense_loss_gbytes": loss_roof.bytes / 1e9}  # fmt: skip
 
     results = report["paths"]
     env = dict(os.environ)

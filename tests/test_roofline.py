@@ -8,7 +8,7 @@ import torch
 
 from poodle.config import load_config
 from poodle.engine.flops import step_flops
-from poodle.engine.roofline import DeviceSpec, _RooflineMode, step_roofline
+from poodle.engine.roofline import DeviceSpec, _RooflineMode, dense_loss_roofline, step_roofline
 
 TOY = DeviceSpec("toy", bf16_flops=100e12, tf32_flops=50e12, fp32_flops=10e12, bandwidth=1e12)
 
@@ -44,3 +44,5 @@ def test_step_flops_match_the_flop_model():
     assert roof.matmul_seconds < roof.seconds
     assert 0 < roof.mfu_bound() < 1
     assert "heaviest ops" in roof.summary()
+    loss = dense_loss_roofline(cfg, 2)  # a part of the step: no convolutions, fewer bytes
+    assert loss.flops < 0.01 * roof.flops and 0 < loss.bytes < roof.bytes and loss.seconds < roof.seconds

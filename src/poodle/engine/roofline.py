@@ -30,7 +30,7 @@ from torch.utils.flop_counter import flop_registry
 from poodle.config import Config
 from poodle.engine.memory import build_step, run_step
 
-__all__ = ["H200", "DeviceSpec", "OpCost", "StepRoofline", "step_roofline"]
+__all__ = ["H200", "DeviceSpec", "OpCost", "StepRoofline", "dense_loss_roofline", "step_roofline"]
 
 
 @dataclass(frozen=True)
@@ -164,5 +164,34 @@ def step_roofline(
         mode = _RooflineMode(device)
         with mode:
             run_step(objective, optimizer, pairs, size)
+        result.ops = dict(mode.ops)
+    return result
+
+
+def dense_loss_roofline(
+    cfg: Config, pairs: int, device: DeviceSpec = H200, resolution: tuple[int, int] | None = None
+) -> StepRoofline:
+    """The same roofline for `chunked_dense_loss` alone (forward + backward): stride-8 maps of the 2N images in
+    the networks' dtype, warped and compared at full resolution, as the step calls it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from poodle.data.augment import sample_dense_geometry
+    from poodle.objective.dense import chunked_dense_loss
+
+    h, w = resolution or cfg.data.resolution
+    o, b = cfg.objective, 2 * pairs
+    dtype = torch.bfloat16 if cfg.run.precision == "bf16" else torch.float32
+    shape = (b, cfg.model.proj_out_dim, h // 8, w // 8)
+    result = StepRoofline(pairs=pairs, device=device)
+    with FakeTensorMode():
+        online = torch.zeros(shape, dtype=dtype, requires_grad=True)
+        target = torch.zeros(shape, dtype=dtype)
+        flow = torch.zeros(b, 2, h, w)
+        geometry = [sample_dense_geometry(b, (h, w), cfg.augment, torch.device("cpu"), None) for _ in range(2)]
+        mode = _RooflineMode(device)
+        with mode:
+            loss, _ = chunked_dense_loss(online, target, flow, flow, geometry[0], geometry[1], o.occlusion_alpha1,
+                                         o.occlusion_alpha2, o.target_order, chunk=o.dense_chunk)  # fmt: skip
+            loss.backward()
         result.ops = dict(mode.ops)
     return result
