@@ -1,5 +1,7 @@
 """The pretraining engine: exact resume, DDP on gloo with 2 processes, checkpoints, clear stops."""
 
+import errno
+import io
 import json
 import os
 import signal
@@ -79,17 +81,35 @@ def test_checkpoint_contents_and_safe_loading(tmp_path):
         load_checkpoint(bad)
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+def test_atomic_save_keeps_the_old_file_when_the_disk_fills(tmp_path, monkeypatch):
+    """A real torch.save into a file whose writes fail after 64 KiB with ENOSPC, as on a full disk."""
     path = tmp_path / "last.pt"
     atomic_save({"step": 1}, path)
+    real_fdopen = os.fdopen
 
-    def broken_save(obj, f):
-        f.write(b"partial")
-        raise OSError("disk full")
+    class FullDisk(io.RawIOBase):
+        def __init__(self, f):
+            self.f, self.left = f, 64 * 1024
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save({"step": 2}, path)
+        def writable(self):
+            return True
+
+        def write(self, b):
+            if len(b) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(b)
+            return self.f.write(b)
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pt.* free on its filesystem"):
+        atomic_save({"step": 2, "weights": torch.zeros(1 << 16)}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

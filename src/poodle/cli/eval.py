@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from poodle.config import shipped_configs
     from poodle.data.segmentation import SegDatasetError
+    from poodle.engine.checkpoint import CheckpointError
     from poodle.engine.distributed import shutdown_distributed
     from poodle.evaluation.backbones import BackboneError
     from poodle.evaluation.config import default_config_name, load_readout_config
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = run_readout(args.weights, args.dataset, args.data, cfg, args.out, steps=args.steps, arch=args.arch,
                               method={"name": label}, progress=not args.no_progress)  # fmt: skip
-    except (BackboneError, SegDatasetError, ReadoutError, FileNotFoundError) as e:
+    except (BackboneError, CheckpointError, SegDatasetError, ReadoutError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
     is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     shutdown_distributed()  # under torchrun: leave the process group cleanly; a no-op in a single process

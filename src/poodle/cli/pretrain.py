@@ -42,6 +42,7 @@ def resolve_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from poodle.engine.checkpoint import CheckpointError
     from poodle.engine.distributed import shutdown_distributed
     from poodle.engine.pair_sources import build_pair_source
     from poodle.engine.train import TrainingError, pretrain
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as e:
             raise UserError(str(e)) from e
         result = pretrain(cfg, args.out, source, flow_estimator, stop_step=args.steps, resume=args.resume)
-    except TrainingError as e:
+    except (TrainingError, CheckpointError) as e:
         raise UserError(str(e)) from e
     is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     shutdown_distributed()  # under torchrun: leave the process group cleanly; a no-op in a single process

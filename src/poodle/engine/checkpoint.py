@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write `obj` to `path` so that `path` is either the old file or the complete new one, never a torn one.
+
+    A failed write (most often a full disk, which torch reports as an opaque "unexpected pos" from its zip
+    writer) raises `CheckpointError` naming the file and the free space left, and leaves no temporary behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,9 +38,23 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e} ({_free_space(path.parent)} free on its filesystem; "
+            f"the previous {path.name}, if any, is untouched)"
+        ) from e
+    except BaseException:  # Ctrl-C mid-write: clean up, then let the interrupt through unchanged
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    return f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.0f} MiB"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
