@@ -38,15 +38,14 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except Exception as e:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, Exception):  # Ctrl-C mid-write: let the interrupt through unchanged
+            raise
         raise CheckpointError(
             f"could not write checkpoint {path}: {e} ({_free_space(path.parent)} free on its filesystem; "
             f"the previous {path.name}, if any, is untouched)"
         ) from e
-    except BaseException:  # Ctrl-C mid-write: clean up, then let the interrupt through unchanged
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _free_space(folder: Path) -> str:

@@ -53,11 +53,8 @@ class StepMemory:
 
 
 def _fake_parameters(module: nn.Module) -> None:
-    """Replace every parameter and buffer by an uninitialised tensor of the same shape (fake under FakeTensorMode).
-
-    The objective is built on the meta device first: FakeTensorMode cannot deep-copy the online modules into the
-    EMA target, and meta tensors cannot be autocast; fresh fake tensors can do both.
-    """
+    """Replace every parameter and buffer by an uninitialised tensor of the same shape (fake under FakeTensorMode):
+    meta tensors, which the objective is built with, cannot be autocast; fake ones can."""
     for mod in module.modules():
         for name, p in mod._parameters.items():
             if p is not None:
