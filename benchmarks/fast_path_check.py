@@ -1,7 +1,7 @@
 """Correctness of the fast step on a device: losses and gradients of ours against the release-style fp32 reference.
 
 Same weights, inputs and random draws on every path (a small ResNet-18 config, so it runs anywhere):
-  ours fp32 vs reference fp32      structure (batched roi_align crops vs the per-crop loop, chunked vs unchunked
+  ours fp32 vs reference fp32      structure (batched crops vs the per-crop resized_crop loop, chunked vs unchunked
                                    dense loss): must agree to float rounding
   ours bf16 vs ours fp32           autocast around the networks (channels_last too on CUDA): bf16 tolerance
   ours bf16 compiled vs eager      torch.compile (--compile): bf16 tolerance
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_step, when run as a script
 from poodle.config import load_config  # noqa: E402
 from poodle.objective import PairBatch, PooDLeObjective  # noqa: E402
-from reference_step import reference_forward, roi_align_one  # noqa: E402
+from reference_step import reference_forward, resized_crop_one  # noqa: E402
 from train_step import smooth_flow  # noqa: E402
 
 SMALL = ["model.arch=resnet18", "model.proj_hidden_dim=256", "model.proj_out_dim=64", "subcrops.size=64"]
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "ours fp32 vs reference fp32",
             "structure",
             ours_fp32,
-            run(reference, lambda b, g: reference_forward(reference, b, g, crop_one=roi_align_one), batch, device),
+            run(reference, lambda b, g: reference_forward(reference, b, g, crop_one=resized_crop_one), batch, device),
         )
     ]
     bf16 = clone("bf16")

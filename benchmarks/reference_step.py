@@ -6,9 +6,11 @@ resolution without chunking/recomputation, subcrops cut one by one in a Python l
 `torchvision.transforms.v2.functional.resized_crop` (host syncs to read the boxes), and the EMA as a
 per-parameter Python loop. Benchmark/test code only: src/ keeps a single implementation.
 
-Known numerical difference, by construction: `resized_crop` resizes the cut-out crop, so the outermost output
-samples of an upscaled crop clamp to the crop's edge pixel, while the batched `roi_align` (ours) samples the image
-there and blends in the pixel just outside the box. Interiors agree to float rounding; see tests/test_fast_path.py.
+The release calls `resized_crop` with torchvision 0.17's default `antialias=True` (spec 5.4b), and so does
+`resized_crop_one`; the default `subcrops.crop_mode=resized_crop` reproduces it to float rounding. The old
+`roi_align` mode (`roi_align_one` here) differs at the border of upscaled crops (it blends in the pixel just outside
+the box where resize clamps to the edge pixel) and everywhere in shrunk crops (no antialias); see
+tests/test_fast_path.py.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ def reference_ema(networks: PooDLeNetworks, tau: float) -> None:
 
 
 def resized_crop_one(image: Tensor, box: list[float], size: int) -> Tensor:
-    """One crop as the release cuts it: integer box (x1, y1, x2, y2) -> crop -> bilinear resize, no antialias."""
+    """One crop as the release cuts it: integer box (x1, y1, x2, y2) -> crop (zero padding past the image) ->
+    bilinear resize, antialiased when shrinking (torchvision >= 0.17's default)."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    return TF.resized_crop(image, top=y1, left=x1, height=y2 - y1, width=x2 - x1, size=[size, size], antialias=False)
+    return TF.resized_crop(image, top=y1, left=x1, height=y2 - y1, width=x2 - x1, size=[size, size], antialias=True)
 
 
 def roi_align_one(image: Tensor, box: list[float], size: int) -> Tensor:
-    """One crop through roi_align: the same sampling as the batched path, for the exact-equality test."""
+    """One crop through roi_align: the same sampling as the batched ``crop_mode=roi_align`` path."""
     rois = torch.tensor([[0.0, *box]], dtype=torch.float32, device=image.device)
     return roi_align(image[None].float(), rois, (size, size), 1.0, 1, True)[0]
 

@@ -12,6 +12,7 @@ import torchvision.transforms.functional as TVF
 from poodle.config import AugmentConfig
 from poodle.data.augment import (
     _adjust_hue,
+    blur_kernel_sides,
     blur_kernel_size,
     normalize,
     photometric,
@@ -87,6 +88,21 @@ def test_blur_axes_on_a_non_square_image():
     g = torch.exp(-0.5 * (t / 2.0) ** 2)
     torch.testing.assert_close(out[20 - kh // 2 : 20 + kh // 2 + 1, 0], g / g.sum())
     assert out[: 20 - kh // 2].abs().max() == 0 and out[20 + kh // 2 + 1 :].abs().max() == 0
+
+
+def test_fixed_blur_kernel_is_torchvision_gaussian_blur():
+    # augment.blur_kernel = k: a k x k kernel on every image size, as the release's FlowE GaussianBlur(51).
+    cfg = dataclasses.replace(NO_PHOTO, blur_p=1.0, blur_sigma=(1.5, 1.5), blur_kernel=7)
+    assert blur_kernel_sides(512, 1024, cfg) == (7, 7)
+    assert blur_kernel_sides(512, 1024, dataclasses.replace(cfg, blur_kernel=0)) == (53, 105)  # default unchanged
+    assert blur_kernel_sides(512, 1024, dataclasses.replace(cfg, blur_kernel=51)) == (51, 51)
+    img = torch.rand(2, 3, 20, 40, generator=_gen(3))
+    out = photometric(img, cfg, _gen(0), normalize=False)
+    torch.testing.assert_close(out, TVF.gaussian_blur(img, [7, 7], [1.5, 1.5]), atol=1e-5, rtol=0)
+    impulse = torch.zeros(1, 3, 20, 40)
+    impulse[..., 10, 20] = 1.0
+    support = (photometric(impulse, cfg, _gen(0), normalize=False)[0, 0].abs() > 1e-9).nonzero()
+    assert (support.min(0).values.tolist(), support.max(0).values.tolist()) == ([7, 17], [13, 23])
 
 
 def test_photometric_is_deterministic_with_a_generator():

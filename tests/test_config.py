@@ -29,6 +29,41 @@ def test_inheritance_and_table4_switches():
     assert row7.model.decoder_top_down and row7.model.decoder_lateral and not row7.model.dilated
 
 
+def test_flowe_bdd100k_is_the_releases_in_house_flowe():
+    cfg = load_config("flowe_bdd100k")  # baselines-spec section 6, row by row
+    m, o, a, d, f, opt = cfg.model, cfg.objective, cfg.augment, cfg.data, cfg.flow, cfg.optim
+    assert (m.arch, m.dilated, m.decoder_top_down, m.decoder_lateral) == ("resnet50", True, False, False)
+    assert not m.head_bias
+    assert (o.dense, o.pooled, o.dense_weight) == (True, False, 1.0)
+    assert (o.occlusion, o.occlusion_threshold_px, o.mask_out_of_frame) == ("absolute", 3.54, False)
+    assert (o.target_order, o.dense_eps, o.ema_momentum) == ("warp_then_unaffine", 1e-6, 0.996)
+    assert (a.blur_kernel, a.blur_sigma, a.blur_p, a.affine, a.hflip_p) == (51, (0.1, 2.0), 0.5, True, 0.5)
+    assert (a.affine_scale, a.affine_degrees) == ((0.9, 1.1), 10.0)
+    assert (d.resolution, d.scale, d.dt_frames, d.repeat) == ((512, 1024), (0.75, 1.25), (15, 30), 2)
+    assert d.start_range == "full"
+    assert (f.source, f.iters) == ("raft_large", 30)
+    assert (opt.optimizer, opt.lr, opt.weight_decay, opt.min_lr, opt.eps) == ("adamw", 5e-4, 0.01, 1e-4, 1e-6)
+    assert (opt.warmup_epochs, opt.schedule_epochs, opt.stop_epochs) == (2.0, 300.0, 100.0)
+    # Kept as PooDLe on purpose (documented in the YAML): the exact warp and the flow-carried target valid mask.
+    assert (o.warp_convention, o.warp_target_valid) == ("exact", True)
+
+
+def test_table4_row1_keeps_the_shared_ablation_recipe():
+    # Row 1 differs from the PooDLe ablation recipe only in architecture and losses, never in the FlowE switches.
+    row1 = load_config("table4_row1_flowe").to_dict()
+    shared = load_config(
+        "poodle_ablation",
+        ["model.dilated=true", "model.decoder_top_down=false", "model.decoder_lateral=false",
+         "objective.pooled=false", "objective.dense_weight=1.0"],
+    ).to_dict()  # fmt: skip
+    shared["name"] = row1["name"]
+    assert row1 == shared
+    defaults = Config()
+    assert row1["objective"]["occlusion"] == defaults.objective.occlusion == "ddflow"
+    assert row1["model"]["head_bias"] and row1["objective"]["mask_out_of_frame"] and row1["augment"]["blur_kernel"] == 0
+    assert row1["objective"]["dense_eps"] == 1e-7 and row1["objective"]["warp_convention"] == "exact"
+
+
 def test_overrides_are_typed():
     cfg = load_config("poodle_bdd100k", ["optim.lr=1e-3", "data.resolution=[64,128]", "model.arch=resnet18"])
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
@@ -56,6 +91,15 @@ def test_unknown_key_names_the_key_and_the_valid_ones():
         ("optim.stop_epochs=400", "optim.stop_epochs (400.0) must be <= optim.schedule_epochs"),
         ("subcrops.area=[0.3,0.05]", "subcrops.area must be (low, high)"),
         ("objective.dense=false", None),
+        ("objective.occlusion=relative", "objective.occlusion = 'relative' is not valid; choose one of: ddflow"),
+        ("objective.warp_convention=half", "choose one of: exact, release"),
+        ("objective.occlusion_threshold_px=0", "objective.occlusion_threshold_px must be > 0"),
+        ("objective.dense_eps=0", "objective.dense_eps must be > 0"),
+        ("objective.mask_out_of_frame=1", "must be true or false"),
+        ("model.head_bias=no", None),  # YAML reads `no` as false
+        ("augment.blur_kernel=50", "augment.blur_kernel must be 0 (size from augment.blur_kernel_frac) or an odd"),
+        ("augment.blur_kernel=-1", "augment.blur_kernel must be 0"),
+        ("augment.blur_kernel=5.5", "augment.blur_kernel must be an integer"),
     ],
 )
 def test_bad_values_get_clear_errors(override, fragment):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from poodle.data.flow import (
+    absolute_occlusion_mask,
     backward_warp,
     crop_flow,
     flow_to_rgb,
@@ -137,3 +138,67 @@ def test_occlusion_of_a_moving_square():
 def test_flow_to_rgb():
     rgb = flow_to_rgb(_smooth_flow(2, 8, 9, amp=3.0))
     assert rgb.shape == (2, 3, 8, 9) and rgb.dtype == torch.uint8
+
+
+# ----------------------------------------------------------------------------------------------- release switches
+
+
+def test_release_warp_convention_on_a_tiny_ramp_by_hand():
+    # Zero flow, img(y, x) = x + 1 on 3 x 5. The release normalises q by (W - 1) and samples with
+    # align_corners=False, which reads x at q W / (W - 1) - 0.5 = 1.25 x - 0.5 (and y at 1.5 y - 0.5):
+    #   x = 0 -> -0.5: half pixel 0 (value 1), half zero padding     = 0.5
+    #   x = 1 ->  0.75: 1 + 0.75 = 1.75;  x = 2 -> 2.0: 3;  x = 3 -> 3.25: 4.25
+    #   x = 4 ->  4.5: half pixel 4 (value 5), half zero padding     = 2.5
+    # and rows 0 and 2 (y -> -0.5, 2.5) are halved by the padding too.
+    h, w = 3, 5
+    img = (torch.arange(w, dtype=torch.float32) + 1).expand(1, 1, h, w).clone()
+    zero = torch.zeros(1, 2, h, w)
+    row = torch.tensor([0.5, 1.75, 3.0, 4.25, 2.5])
+    expected = torch.stack((0.5 * row, row, 0.5 * row)).view(1, 1, h, w)
+    torch.testing.assert_close(backward_warp(img, zero, convention="release"), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(backward_warp(img, zero), img, atol=1e-6, rtol=0)  # exact: identity
+    with pytest.raises(ValueError, match="warp convention"):
+        backward_warp(img, zero, convention="half")
+
+
+def test_release_warp_is_the_exact_warp_of_a_magnified_flow():
+    # Derivation: the release reads x at (x + F) W / (W - 1) - 0.5, i.e. the exact warp by
+    # F' = F W / (W - 1) + x / (W - 1) - 0.5: an offset of -0.5 px at the left edge, 0 at the centre, +0.5 at the right.
+    h, w = 12, 17
+    img = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(6))
+    flow = _smooth_flow(2, h, w, amp=2.0, seed=2)
+    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    fx = flow[:, 0] * w / (w - 1) + xs / (w - 1) - 0.5
+    fy = flow[:, 1] * h / (h - 1) + ys / (h - 1) - 0.5
+    equivalent = torch.stack((fx, fy), dim=1)
+    torch.testing.assert_close(
+        backward_warp(img, flow, convention="release"), backward_warp(img, equivalent), atol=1e-5, rtol=0
+    )
+
+
+def test_absolute_occlusion_known_answers():
+    # Consistent integer translation: forward (2, 0), backward (-2, 0). Nothing is occluded, not even the two right
+    # columns whose flow leaves the frame: there the zero-padded backward flow leaves an error of 2 px < 3.54.
+    h, w = 8, 12
+    fw = _const_flow(1, h, w, dx=2.0, dy=0.0)
+    bw = _const_flow(1, h, w, dx=-2.0, dy=0.0)
+    occ = absolute_occlusion_mask(fw, bw, threshold_px=3.54)
+    assert occ.shape == (1, 1, h, w) and occ.dtype == torch.bool and not occ.any()
+    assert occlusion_mask(fw, bw)[0, 0, :, -2:].all()  # DDFlow's relative test flags them (4 > 0.1 * 4 + 0.5)
+
+    # Perturb the backward flow at q = p + F(p) for p = (4, 5): the error at p is the perturbation's length.
+    def error_at_p(d):
+        b = bw.clone()
+        b[0, :, 4, 7] += torch.tensor(d)
+        occ = absolute_occlusion_mask(fw, b, threshold_px=3.54)
+        assert occ.sum() <= 1  # only p samples q exactly
+        return bool(occ[0, 0, 4, 5])
+
+    assert not error_at_p([0.0, 3.0])  # 3.0 px: consistent enough
+    assert error_at_p([0.0, 4.0])  # 4.0 px: occluded
+    assert not error_at_p([2.5, 2.5])  # 3.536 px: the Euclidean norm, just under the threshold
+    assert error_at_p([2.6, 2.5])  # 3.607 px
+    b = bw.clone()
+    b[0, :, 4, 7] += torch.tensor([0.0, 3.0])
+    assert occlusion_mask(fw, b)[0, 0, 4, 5]  # DDFlow: 9 > 0.1 * (4 + 13) + 0.5, occluded at 3 px already

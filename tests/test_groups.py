@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from poodle.data.class_stats import ClassRow, ClassStats
+from poodle.data.class_stats import ClassRow, ClassStats, class_statistics
 from poodle.data.classes import BDD100K_CLASSES
 from poodle.evaluation.groups import (
     BDD100K_GROUPS,
+    BDD100K_SMALL,
     ClassGroups,
     dataset_statistics,
     group_metrics,
@@ -79,6 +80,62 @@ def test_table10_numbers_reproduce_the_fixed_assignment():
     assert groups_for_dataset("cityscapes", BDD100K_CLASSES, stats) == BDD100K_GROUPS
 
 
+def _table10_label_maps(n_images: int = 1000, size: tuple[int, int] = (50, 100)) -> list[np.ndarray]:
+    """Label maps with Table 10's columns: class c is in round(image_pct * n / 100) images, each time covering
+    exactly its "Avg Pix. % / Im." share (5000-px maps: 0.1 % = 5 px); the remaining pixels are ignore (255).
+
+    Each class goes to the currently least-filled images, so no map needs more than 100 % (the column sums to
+    103.8 %: the shares of one image cannot all be present at once)."""
+    pixels = size[0] * size[1]
+    fill = np.zeros(n_images, dtype=np.int64)
+    members: dict[int, np.ndarray] = {}
+    order = sorted(range(19), key=lambda k: -TABLE10_AVG_PIX[k])
+    for k in order:
+        count = round(TABLE10_IMAGES[k] * n_images / 100)
+        px = round(TABLE10_AVG_PIX[k] * pixels / 100)
+        chosen = np.argsort(fill, kind="stable")[:count]
+        fill[chosen] += px
+        members[k] = chosen
+    assert fill.max() <= pixels
+    maps = [np.full(pixels, 255, np.uint8) for _ in range(n_images)]
+    cursor = np.zeros(n_images, dtype=np.int64)
+    for k in order:
+        cls = BDD100K_CLASSES.index(TABLE10_ORDER[k])
+        px = round(TABLE10_AVG_PIX[k] * pixels / 100)
+        for i in members[k]:
+            maps[i][cursor[i] : cursor[i] + px] = cls
+            cursor[i] += px
+    return [m.reshape(size) for m in maps]
+
+
+def test_label_maps_built_from_table10_give_table10_groups():
+    maps = _table10_label_maps()
+    stats = class_statistics(maps, BDD100K_CLASSES)
+    rows = {r.name: r for r in stats.rows}
+    for name, avg, images in zip(TABLE10_ORDER, TABLE10_AVG_PIX, TABLE10_IMAGES):
+        assert rows[name].avg_pixel_pct == pytest.approx(avg) and rows[name].image_pct == pytest.approx(images)
+    # "Total % of Pix." follows from the other two columns (all maps have one size), to the table's rounding.
+    assert [rows[n].total_pixel_pct for n in TABLE10_ORDER] == pytest.approx(TABLE10_TOTAL_PIX, abs=0.1)
+    groups = ClassGroups.from_stats(stats)
+    assert groups == BDD100K_GROUPS
+    assert "".join(rows[n].size for n in TABLE10_ORDER) == TABLE10_SIZE
+    assert "".join(rows[n].frequency for n in TABLE10_ORDER) == TABLE10_FREQ
+    # The test can fail: the old rule (share averaged over ALL images) makes wall, truck, bus and train Small too.
+    old_avg = np.mean([np.bincount(m.ravel(), minlength=256)[:19] / m.size for m in maps], axis=0) * 100
+    old_small = {BDD100K_CLASSES[i] for i in range(19) if old_avg[i] <= 1.0}
+    assert old_small == set(BDD100K_SMALL) | {"wall", "truck", "bus", "train"}
+    assert len(old_small) == 11
+
+
+def test_groups_use_unrounded_statistics():
+    # 25,001 of 2,500,000 px = 1.00004 %: rounded to 4 decimals that is 1.0 (Small); unrounded it is Large.
+    lab = np.zeros((1000, 2500), np.uint8)
+    lab.ravel()[:25001] = 1
+    stats = class_statistics([lab], ("a", "b"))
+    assert stats.rows[1].avg_pixel_pct > 1.0 and round(stats.rows[1].avg_pixel_pct, 4) == 1.0
+    assert ClassGroups.from_stats(stats).large == (0, 1)
+
+
 @pytest.mark.parametrize("method", list(TABLE9))
 def test_table9_per_class_iou_reproduces_table3(method):
     per_class, table3 = TABLE9[method]
@@ -137,9 +194,9 @@ def _write_masks(folder, maps):
 
 
 def _toy_maps():
-    # 2 classes + ignore on 10x10 maps: "a" everywhere, "b" a 2x2 patch (4 %) in 1 of 5 maps (20 %: Rare).
+    # 2 classes + ignore on 10x10 maps: "a" everywhere, "b" one pixel (1 %: Small) in 1 of 5 maps (20 %: Rare).
     maps = [np.zeros((10, 10), np.uint8) for _ in range(5)]
-    maps[0][:2, :2] = 1
+    maps[0][0, 0] = 1
     maps[1][9, :] = 255
     return maps
 
@@ -149,7 +206,7 @@ def test_mask_files_statistics_and_reduce_zero_label(tmp_path):
     paths = _write_masks(tmp_path / "m", maps)
     stats = mask_files_statistics(paths, ("a", "b"))
     rows = {r.name: r for r in stats.rows}
-    assert rows["b"].avg_pixel_pct == pytest.approx(0.8) and rows["b"].image_pct == pytest.approx(20.0)
+    assert rows["b"].avg_pixel_pct == 1.0 and rows["b"].image_pct == 20.0  # exact: both on the strict threshold
     assert ClassGroups.from_stats(stats) == ClassGroups(small=(1,), large=(0,), rare=(1,), common=(0,))
     # ADE-style encoding: 0 = other (ignored), k -> k - 1.
     ade = _write_masks(tmp_path / "ade", [np.where(m == 255, 0, m + 1) for m in maps])
@@ -186,3 +243,16 @@ def test_dataset_statistics_paths(tmp_path):
     shifted = _write_masks(tmp_path / "s", [np.where(m == 255, 0, m + 1) for m in maps])
     assert dataset_statistics(_FakeDataset(maps, shifted)).rows == ref.rows
     assert dataset_statistics(_FakeDataset(maps), limit=1).images == 1
+
+
+def test_dataset_statistics_of_a_segmentation_dataset_checks_and_counts(tmp_path):
+    from poodle.data.segmentation import SegDatasetError, build_segmentation_dataset
+    from test_segmentation_data import make_bdd, write_mask
+
+    make_bdd(tmp_path, "train", names=["a", "b", "c"])
+    ds = build_segmentation_dataset("bdd100k", tmp_path, "train")
+    ref = class_statistics([ds.load(i)[1] for i in range(3)], BDD100K_CLASSES)
+    assert dataset_statistics(ds).rows == ref.rows and dataset_statistics(ds, limit=2).images == 2
+    write_mask(tmp_path / "labels" / "sem_seg" / "masks" / "train" / "b.png", np.full((8, 16), 19))
+    with pytest.raises(SegDatasetError, match=r"b\.png has label values .*19 \(128 px\)"):
+        dataset_statistics(ds)

@@ -231,6 +231,26 @@ def test_conv_mlp_on_pooled_vectors_is_linear_bn_relu_linear():
     assert [type(m) for m in mlp] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
 
 
+def test_head_bias_switch_drops_the_first_conv_bias_only():
+    nets = PooDLeNetworks(_cfg(variant="none", head_bias=False))
+    heads = ("dense_projector", "dense_predictor", "pooled_projector", "pooled_predictor")
+    for name in heads:
+        mlp = getattr(nets, name)
+        assert mlp[0].bias is None and mlp[3].bias is not None, name
+    assert nets.target["dense_projector"][0].bias is None  # the EMA copy has the same structure
+    with_bias = PooDLeNetworks(_cfg(variant="none"))
+    assert all(getattr(with_bias, name)[0].bias is not None for name in heads)
+    hidden = SMALL_HEADS["proj_hidden_dim"]
+    assert _nparams(with_bias) - _nparams(nets) == (4 + 2) * hidden  # 4 online heads + the 2 target projectors
+    # The BN right after the conv removes a constant bias: in train mode the output does not depend on it.
+    torch.manual_seed(0)
+    biased = ConvMLP(16, 32, 8)
+    plain = ConvMLP(16, 32, 8, bias=False)
+    plain.load_state_dict({k: v for k, v in biased.state_dict().items() if k != "0.bias"})
+    x = torch.randn(4, 16, 3, 5)
+    torch.testing.assert_close(plain(x), biased(x), atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------- networks
 
 

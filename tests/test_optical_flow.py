@@ -158,7 +158,7 @@ def test_raft_loads_local_weights_file(tmp_path, raft_small_random):
 
 def test_missing_weights_error_names_hub_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    expected = tmp_path / "hub" / "checkpoints" / "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+    expected = tmp_path / "hub" / "checkpoints" / "raft_large_C_T_V1-22a6c225.pth"  # raft-things
     assert raft_weights_path("large") == expected
     assert raft_weights_path("small").name == "raft_small_C_T_V2-01064c6d.pth"
     with pytest.raises(FlowWeightsError) as e:

@@ -256,3 +256,25 @@ def test_outer_crop_equals_resize_then_crop():
         (top, left, h, w), (hr, wr) = crop.box, crop.resized_hw
         ref = cv2.resize(big, (wr, hr), interpolation=cv2.INTER_AREA)[top : top + h, left : left + w]
         assert np.abs(apply_outer_crop(big, crop).astype(float) - ref).mean() < 3
+
+
+def test_start_range_release_and_full():
+    from poodle.data.pairs import draw_start
+
+    rng = np.random.default_rng(0)
+    # The release: randint(0, len - 30) whatever dt is, so starts in [len - 30, len - dt) are never drawn.
+    release = {draw_start(rng, 100, 15, 30, "release") for _ in range(4000)}
+    full = {draw_start(rng, 100, 15, 30, "full") for _ in range(4000)}
+    assert release == set(range(0, 70)) and full == set(range(0, 85))
+    # A fixed gap (WT): both rules agree; an item shorter than dt_max clamps to the last fitting start.
+    assert {draw_start(rng, 40, 15, 15, "release") for _ in range(2000)} == set(range(25))
+    assert {draw_start(rng, 20, 15, 30, "release") for _ in range(200)} == set(range(5))
+    with pytest.raises(ValueError, match="start range"):
+        draw_start(rng, 100, 15, 30, "middle")
+
+
+def test_bdd100k_palette_matches_the_toolkit():
+    from poodle.data.classes import BDD100K_CLASSES, BDD100K_PALETTE
+
+    colours = dict(zip(BDD100K_CLASSES, BDD100K_PALETTE))
+    assert colours["wall"] == (102, 102, 156) and colours["fence"] == (190, 153, 153)  # bdd100k label.py, mmseg

@@ -36,8 +36,10 @@ def test_ema_schedule_array_matches_the_formula_and_truncates():
 def test_cosine_schedule_warmup_and_cosine():
     lr = cosine_schedule(1.0, 0.1, total_steps=110, warmup_steps=10)
     assert lr.shape == (110,)
-    np.testing.assert_allclose(lr[:10], np.linspace(0.0, 1.0, 10))  # linear from 0, ends at base
-    assert lr[0] == 0.0 and lr[9] == lr[10] == pytest.approx(1.0)
+    # The release's rule lr * t / warmup: 0, 0.1, ..., 0.9, and the full lr first at step 10 (not one step early).
+    np.testing.assert_allclose(lr[:10], np.arange(10) / 10)
+    assert lr[9] < 1.0 and lr[10] == pytest.approx(1.0)
+    assert lr[0] == 0.0
     assert lr[60] == pytest.approx(0.55)  # half-way through the 100 cosine steps: mean of base and final
     assert lr[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
     assert lr[-1] == pytest.approx(0.1, abs=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,13 @@ from poodle.data.cityscapes_labels import (
 from poodle.data.classes import BDD100K_CLASSES, BDD100K_PALETTE
 from poodle.data.segmentation import (
     DATASET_NAMES,
+    LabelDecoder,
     SegDatasetError,
     SegmentationDataset,
     build_segmentation_dataset,
+    check_segmentation_data,
     read_classes_txt,
+    scan_masks,
 )
 
 H, W = 8, 16
@@ -126,10 +130,9 @@ def test_cityscapes_label_table():
     plate = next(lab for lab in CITYSCAPES_LABELS if lab.name == "license plate")
     assert plate.id == -1 and plate.train_id == -1 and -1 not in LABEL_ID_TO_TRAIN_ID
     assert {i: t for i, t in LABEL_ID_TO_TRAIN_ID.items() if t != 255} == _EXPECTED_TRAIN_ID
-    # palette in trainId order = the official label colours; BDD's differs only by swapping wall/fence.
+    # palette in trainId order = the official label colours, which BDD100K uses too (bdd100k toolkit, mmseg).
     by_train = {lab.train_id: lab.color for lab in CITYSCAPES_LABELS if 0 <= lab.train_id < 19}
-    assert CITYSCAPES_PALETTE == tuple(by_train[t] for t in range(19))
-    assert [i for i in range(19) if CITYSCAPES_PALETTE[i] != BDD100K_PALETTE[i]] == [3, 4]
+    assert CITYSCAPES_PALETTE == tuple(by_train[t] for t in range(19)) == BDD100K_PALETTE
     with pytest.raises(ValueError, match=r"\[34\]"):
         label_ids_to_train_ids(np.array([[7, 34]]))
 
@@ -202,13 +205,16 @@ def test_ade20k_value_above_150_is_an_error(tmp_path):
 
 
 def test_wtsem_layout_nested_and_split_alias(tmp_path):
-    raw = ramp(0, 150)
+    raw = ramp(0, 150, (10, 16))  # 0 and 150 present: the ADE-style 1-150 encoding
     for video, frame in (("venice", 0), ("venice", 2), ("rome", 0)):
-        write_image(tmp_path / "images" / "validation" / video / f"frame_{frame:05d}.jpg", seed=frame)
+        write_image(tmp_path / "images" / "validation" / video / f"frame_{frame:05d}.jpg", seed=frame, size=(10, 16))
         write_mask(tmp_path / "annotations" / "validation" / video / f"frame_{frame:05d}.png", raw)
     ds = build_segmentation_dataset("wtsem", tmp_path, "val")  # val -> validation alias
     assert ds.names == ["rome/frame_00000", "venice/frame_00000", "venice/frame_00002"]
     assert ds.info.classes == ADE20K_CLASSES and ds.info.name == "wtsem"
+    # No train split here: the encoding is read off the split itself, and says so.
+    assert ds.info.label_encoding == "one_based" and "value 150 occurs" in ds.info.encoding_note
+    assert "in 3 val masks" in ds.info.encoding_note
     assert np.array_equal(ds[0]["mask"].numpy(), np.where(raw == 0, 255, raw.astype(np.int64) - 1))
 
 
@@ -386,3 +392,167 @@ def test_dataset_constructor_checks():
         SegmentationDataset([], [], info, LabelDecoder.identity(1))
     with pytest.raises(SegDatasetError, match="1 images but 2 masks"):
         SegmentationDataset(["a.jpg"], ["a.png", "b.png"], info, LabelDecoder.identity(1))
+
+
+# -------------------------------------------------------------------------------- checking masks up front
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def make_bdd_splits(root: Path, train=("t0", "t1", "t2"), val=("v0", "v1")) -> None:
+    make_bdd(root, "train", names=train)
+    make_bdd(root, "val", names=val)
+
+
+def test_check_passes_and_counts_decoded_labels(tmp_path):
+    make_bdd_splits(tmp_path)
+    check = check_segmentation_data("bdd100k", tmp_path)
+    assert check.masks == {"train": 3, "val": 2} and check.info.classes == BDD100K_CLASSES
+    m = make_bdd(tmp_path / "ref", "val", names=["x"])["x"]  # the fixture's mask: ramp 0-18, 3 px of 255
+    expected = np.bincount(m.ravel(), minlength=256)
+    assert np.array_equal(check.histograms["val"][0], expected) and list(check.sizes["train"]) == [H * W] * 3
+    assert check.to_dict()["masks_checked"] == {"train": 3, "val": 2} and "checked 3 train + 2 val" in check.summary()
+
+
+def test_bad_val_value_found_before_training_names_the_file(tmp_path):
+    make_bdd_splits(tmp_path)
+    bad = ramp(0, 18)
+    bad[2, 3] = 37
+    write_mask(tmp_path / "labels" / "sem_seg" / "masks" / "val" / "v1.png", bad)
+    with pytest.raises(SegDatasetError) as e:
+        check_segmentation_data("bdd100k", tmp_path)
+    msg = _one_line(e)
+    assert "v1.png" in msg and "37 (1 px)" in msg and "0-18 or 255 (ignore)" in msg and "never clipped" in msg
+
+
+def test_truncated_mask_is_one_line(tmp_path):
+    make_bdd_splits(tmp_path)
+    path = tmp_path / "labels" / "sem_seg" / "masks" / "train" / "t1.png"
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(SegDatasetError) as e:
+        check_segmentation_data("bdd100k", tmp_path)
+    msg = _one_line(e)
+    assert "t1.png" in msg and "truncated" in msg and "extract it again" in msg
+
+
+def test_rgb_mask_and_16_bit_values_are_refused_by_the_scan(tmp_path):
+    make_bdd_splits(tmp_path)
+    path = tmp_path / "labels" / "sem_seg" / "masks" / "train" / "t2.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(path)
+    with pytest.raises(SegDatasetError, match=r"t2\.png is a RGB image; label masks must be single-channel"):
+        check_segmentation_data("bdd100k", tmp_path)
+    m = np.zeros((H, W), np.uint16)
+    m[0, 0] = 1000
+    Image.fromarray(m).save(path)
+    with pytest.raises(SegDatasetError, match=r"t2\.png has label values .*1000 \(1 px\)"):
+        check_segmentation_data("bdd100k", tmp_path)
+
+
+def test_scan_checks_size_from_the_image_header(tmp_path):
+    make_bdd_splits(tmp_path)
+    write_mask(tmp_path / "labels" / "sem_seg" / "masks" / "val" / "v0.png", np.zeros((H, W // 2)))
+    with pytest.raises(SegDatasetError) as e:
+        check_segmentation_data("bdd100k", tmp_path)
+    assert re.search(r"v0\.png is 8x8 \(HxW\) but its image .*v0\.jpg is 8x16", _one_line(e))
+
+
+def test_scan_with_worker_processes_equals_in_process(tmp_path):
+    make_bdd(tmp_path, "val", names=[f"m{i:03d}" for i in range(70)])  # enough to start workers
+    ds = build_segmentation_dataset("bdd100k", tmp_path, "val")
+    one, many = scan_masks(ds), scan_masks(ds, workers=2)
+    assert np.array_equal(one.histograms, many.histograms) and np.array_equal(one.sizes, many.sizes)
+    bad = ramp(0, 18)
+    bad[0, 0] = 99
+    write_mask(tmp_path / "labels" / "sem_seg" / "masks" / "val" / "m050.png", np.zeros((3, 3)))
+    with pytest.raises(SegDatasetError) as e:  # an error inside a worker arrives as the same single line
+        scan_masks(ds, workers=2)
+    assert "m050.png is 3x3" in _one_line(e)
+
+
+def test_reduce_zero_label_keeps_255_as_ignore(tmp_path):
+    from poodle.evaluation.groups import mask_files_statistics
+
+    raw = np.array([[0, 1, 2, 255]], np.uint8)
+    assert LabelDecoder.reduce_zero_label(2)(raw).tolist() == [[255, 0, 1, 255]]
+    write_mask(tmp_path / "m.png", raw)
+    stats = mask_files_statistics([tmp_path / "m.png"], ("a", "b"), reduce_zero_label=True)
+    assert stats.ignore_pct == 50.0  # raw 0 and raw 255; a raw 255 used to become 254 and be counted nowhere
+    assert [r.total_pixel_pct for r in stats.rows] == [25.0, 25.0]
+    # Through the folder layout and the scan as well.
+    (tmp_path / "f" / "classes.txt").parent.mkdir()
+    (tmp_path / "f" / "classes.txt").write_text("# reduce_zero_label\na\nb\n")
+    write_image(tmp_path / "f" / "images" / "train" / "x.png", size=(1, 4))
+    write_mask(tmp_path / "f" / "masks" / "train" / "x.png", raw)
+    check = check_segmentation_data("folder", tmp_path / "f", ("train",))
+    assert check.histograms["train"][0, [0, 1, 254, 255]].tolist() == [1, 1, 0, 2]
+    assert build_segmentation_dataset("folder", tmp_path / "f", "train")[0]["mask"].tolist() == [[255, 0, 1, 255]]
+
+
+# WT-Sem's label encoding: the public release (agentic-learning-ai-lab/Walking-Tours-Semantic) does not document it.
+
+
+def make_wtsem(root: Path, train_masks: list[np.ndarray], val_mask: np.ndarray | None = None) -> None:
+    for i, m in enumerate(train_masks):
+        write_image(root / "images" / "train" / "venice" / f"f{i}.jpg", seed=i, size=m.shape)
+        write_mask(root / "annotations" / "train" / "venice" / f"f{i}.png", m)
+    val_mask = train_masks[0] if val_mask is None else val_mask
+    write_image(root / "images" / "val" / "rome" / "f0.jpg", size=val_mask.shape)
+    write_mask(root / "annotations" / "val" / "rome" / "f0.png", val_mask)
+
+
+def test_wtsem_zero_based_detected(tmp_path):
+    make_wtsem(tmp_path, [ramp(0, 149, (10, 16)), ramp(3, 40, (10, 16))])
+    check = check_segmentation_data("wtsem", tmp_path)
+    assert check.label_encoding == "zero_based"
+    assert "detected: 0 occurs" in check.info.encoding_note and "largest value is 149" in check.info.encoding_note
+    assert check.to_dict()["label_encoding"]["encoding"] == "zero_based"
+    assert check.histograms["train"][0, :150].tolist() == np.bincount(ramp(0, 149, (10, 16)).ravel()).tolist()
+    ds = build_segmentation_dataset("wtsem", tmp_path, "val")  # auto on its own: the same answer from train
+    assert ds.info.label_encoding == "zero_based" and ds[0]["mask"].max() == 149
+
+
+@pytest.mark.parametrize("lo", [0, 1])
+def test_wtsem_one_based_detected(tmp_path, lo):
+    make_wtsem(tmp_path, [ramp(lo, 150, (10, 16))])
+    check = check_segmentation_data("wtsem", tmp_path, ("train",))
+    assert check.label_encoding == "one_based"
+    assert "value 150 occurs" in check.info.encoding_note
+    h = check.histograms["train"][0]
+    assert h[149] == np.sum(ramp(lo, 150, (10, 16)) == 150) and h[255] == np.sum(ramp(lo, 150, (10, 16)) == 0)
+    # With no 0 and no 150 (values 1-149) the masks still read as one_based: 0-based masks would hold 'wall' (0).
+    make_wtsem(tmp_path / "b", [ramp(1, 149, (10, 16))])
+    no_zero = check_segmentation_data("wtsem", tmp_path / "b", ("train",))
+    assert no_zero.label_encoding == "one_based" and "no pixel is 0" in no_zero.info.encoding_note
+
+
+def test_wtsem_explicit_encoding_checked_against_the_masks(tmp_path):
+    make_wtsem(tmp_path, [ramp(0, 149, (10, 16)), ramp(0, 150, (10, 16))])
+    with pytest.raises(SegDatasetError) as e:
+        check_segmentation_data("wtsem", tmp_path, encoding="zero_based")
+    msg = _one_line(e)
+    assert "f1.png" in msg and "value 150 is not a class id with label_encoding=zero_based" in msg
+    assert "use label_encoding=one_based or auto" in msg
+    ok = check_segmentation_data("wtsem", tmp_path, encoding="one_based")
+    assert ok.label_encoding == "one_based" and "set explicitly; the masks agree" in ok.info.encoding_note
+    # An explicit choice that the masks do not contradict is kept, with what auto would have said.
+    make_wtsem(tmp_path / "z", [ramp(0, 149, (10, 16))])
+    kept = check_segmentation_data("wtsem", tmp_path / "z", encoding="one_based")
+    assert kept.label_encoding == "one_based" and "auto-detection would choose zero_based" in kept.info.encoding_note
+
+
+def test_wtsem_values_of_neither_encoding_are_refused(tmp_path):
+    bad = ramp(0, 149, (10, 16))
+    bad[0, 0] = 200
+    make_wtsem(tmp_path, [ramp(0, 149, (10, 16)), bad])
+    with pytest.raises(SegDatasetError) as e:
+        check_segmentation_data("wtsem", tmp_path)
+    msg = _one_line(e)
+    assert "f1.png" in msg and "200" in msg and "neither WT-Sem encoding" in msg
+    with pytest.raises(SegDatasetError, match="applies to wtsem only"):
+        build_segmentation_dataset("bdd100k", tmp_path, "val", encoding="zero_based")
+    with pytest.raises(SegDatasetError, match="unknown label encoding"):
+        check_segmentation_data("wtsem", tmp_path, encoding="1-based")

@@ -169,13 +169,13 @@ def _write_folder_dataset(root, maps, classes=("road", "person")):
 def test_stats_cli_on_folder_dataset(tmp_path, capsys):
     pytest.importorskip("poodle.data.segmentation")
     maps = [np.zeros((10, 10), np.uint8) for _ in range(5)]
-    maps[0][:2, :2] = 1  # person: 4 % of one image in five -> avg 0.8 % (Small), 20 % of images (Rare)
+    maps[0][0, 0] = 1  # person: 1 % of the one image in five it is in -> avg 1.0 % (Small), 20 % of images (Rare)
     maps[1][9, :] = 255
     _write_folder_dataset(tmp_path / "ds", maps)
     out_md, out_json = tmp_path / "stats.md", tmp_path / "stats.json"
     assert cli_main(["stats", "--dataset", "folder", "--data", str(tmp_path / "ds"), "--out", str(out_md)]) == 0
     text = capsys.readouterr().out
-    assert "| Class | road | person |" in text and "| Avg Pix. % / Im. | 97.2 | 0.8 |" in text
+    assert "| Class | road | person |" in text and "| Avg Pix. % / Im. | 97.8 | 1.0 |" in text
     assert "- Small (1): person" in text and "- Rare (1): person" in text and "2.00 % ignored" in text
     assert out_md.read_text() in text
     assert cli_main(["stats", "--dataset", "folder", "--data", str(tmp_path / "ds"), "--out", str(out_json)]) == 0
@@ -186,3 +186,44 @@ def test_stats_cli_on_folder_dataset(tmp_path, capsys):
     assert cli_main(["stats", "--dataset", "folder", "--data", str(tmp_path / "nope")]) == 2
     assert cli_main(["stats", "--dataset", "bdd100k", "--data", str(tmp_path / "ds")]) == 2  # wrong layout
     assert "error" in capsys.readouterr().err
+
+
+def test_stats_cli_refuses_bad_masks_in_one_line(tmp_path, capsys):
+    maps = [np.random.default_rng(i).integers(0, 2, (40, 40)).astype(np.uint8) for i in range(3)]
+    _write_folder_dataset(tmp_path / "ds", maps)
+    masks = tmp_path / "ds" / "masks" / "train"
+    args = ["stats", "--dataset", "folder", "--data", str(tmp_path / "ds"), "--workers", "0"]
+    capsys.readouterr()
+    # A truncated mask used to crash with a traceback.
+    data = (masks / "1.png").read_bytes()
+    (masks / "1.png").write_bytes(data[: len(data) // 2])
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1.png" in err and "truncated" in err
+    # An RGB mask used to be counted once per channel, silently.
+    Image.fromarray(maps[1]).save(masks / "1.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(masks / "2.png")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2.png is a RGB image" in err
+    # A value the classes.txt does not have.
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(masks / "2.png")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2.png" in err and "7 (1600 px)" in err and "0-1 or 255" in err
+
+
+def test_stats_cli_states_the_wtsem_encoding(tmp_path, capsys):
+    root = tmp_path / "wt"
+    for split in ("train", "val"):
+        m = (np.arange(160) % 150).reshape(10, 16).astype(np.uint8)  # 0-149: zero_based
+        (root / "images" / split / "v").mkdir(parents=True)
+        (root / "annotations" / split / "v").mkdir(parents=True)
+        Image.fromarray(np.zeros((10, 16, 3), np.uint8)).save(root / "images" / split / "v" / "0.png")
+        Image.fromarray(m).save(root / "annotations" / split / "v" / "0.png")
+    out = tmp_path / "s.json"
+    assert cli_main(["stats", "--dataset", "wtsem", "--data", str(root), "--split", "val", "--out", str(out)]) == 0
+    assert "Label encoding: zero_based (detected: 0 occurs" in capsys.readouterr().out
+    assert json.loads(out.read_text())["data_check"]["label_encoding"]["encoding"] == "zero_based"
+    assert cli_main(["stats", "--dataset", "wtsem", "--data", str(root), "--encoding", "one_based"]) == 0
+    assert "auto-detection would choose zero_based" in capsys.readouterr().out

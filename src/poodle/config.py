@@ -41,6 +41,9 @@ class ModelConfig:
     decoder_reduction: int = 8  # Bottleneck width = decoder channels / reduction (2048 -> 256)
     proj_hidden_dim: int = 4096
     proj_out_dim: int = 256
+    # Bias of the first 1x1 conv of every projector/predictor; it sits right before a BatchNorm, which removes it.
+    # The release's PooDLe has it, its in-house FlowE does not (baselines-spec 6 rows 3-4).
+    head_bias: bool = True
     init: str = "random"  # random | imagenet:PATH (torchvision ResNet state dict file)
 
     def validate(self) -> None:
@@ -60,17 +63,36 @@ class ObjectiveConfig:
     pooled: bool = True
     dense_weight: float = 0.5
     pooled_weight: float = 0.5
+    # Occlusion test of the dense mask: "ddflow" (PooDLe: |F + B'|^2 > a1 (|F|^2 + |B'|^2) + a2) or "absolute"
+    # (the release's FlowE: |F + B'| > occlusion_threshold_px), with B' = backward flow sampled at p + F(p).
+    occlusion: str = "ddflow"
     occlusion_alpha1: float = 0.1
     occlusion_alpha2: float = 0.5
+    occlusion_threshold_px: float = 3.54  # "absolute" only; the release's 10 / sqrt(8)
+    mask_out_of_frame: bool = True  # drop pixels whose flow leaves the frame (PooDLe); FlowE has no such mask
+    # "exact" (decision 15) or "release": the release's half-pixel feature warp (coordinates normalised by W - 1,
+    # sampled with align_corners=False), for reproducing it bit for bit. Used by every warp of the dense target.
+    warp_convention: str = "exact"
+    # Bring the target branch's affine-valid mask along the flow into online pixels (true); the release
+    # multiplies it in unwarped.
+    warp_target_valid: bool = True
+    dense_eps: float = 1e-7  # masked-mean denominator: sum(m) + eps (PooDLe 1e-7, FlowE 1e-6)
     # decision 3: "unaffine_then_warp" (paper, default) or "warp_then_unaffine" (release)
     target_order: str = "unaffine_then_warp"
     ema_momentum: float = 0.996  # start of the cosine EMA schedule (ends at 1)
+    # The release lets the subcrop pass update the encoder's BN running statistics too (true), leaving them about
+    # half subcrop statistics; false (default) keeps them full-frame statistics. Training maths are the same.
+    bn_stats_from_subcrops: bool = False
     dense_chunk: int = 2  # images per chunk of the full-resolution dense loss (memory); <= 0: all at once
 
     def validate(self) -> None:
         if not (self.dense or self.pooled):
             raise ConfigError("objective: at least one of objective.dense / objective.pooled must be true")
         _choice("objective.target_order", self.target_order, ("unaffine_then_warp", "warp_then_unaffine"))
+        _choice("objective.occlusion", self.occlusion, ("ddflow", "absolute"))
+        _choice("objective.warp_convention", self.warp_convention, ("exact", "release"))
+        _positive("objective.occlusion_threshold_px", self.occlusion_threshold_px)
+        _positive("objective.dense_eps", self.dense_eps)
         _in_range("objective.ema_momentum", self.ema_momentum, 0.0, 1.0)
 
 
@@ -85,8 +107,16 @@ class SubcropConfig:
     size: int = 192  # output side of every subcrop
     jitter: float = 0.10  # centre jitter as a fraction of the global crop's H and W
     tries: int = 5  # attempts to land the paired centre in bounds before the same-frame fallback
+    # inside: online boxes kept inside the image; release: centres clamped from below only, so online boxes may run
+    # past the bottom/right edge into zero padding (the authors' release, spec 11)
+    clamp: str = "inside"
+    # resized_crop: exactly torchvision's resized_crop (bilinear, antialiased when shrinking, zero padding);
+    # roi_align: one bilinear sample per output pixel, no antialias (faster, the pre-issue-12 behaviour)
+    crop_mode: str = "resized_crop"
 
     def validate(self) -> None:
+        _choice("subcrops.clamp", self.clamp, ("inside", "release"))
+        _choice("subcrops.crop_mode", self.crop_mode, ("resized_crop", "roi_align"))
         _positive("subcrops.num", self.num)
         _positive("subcrops.size", self.size)
         _positive("subcrops.tries", self.tries)
@@ -109,6 +139,7 @@ class AugmentConfig:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel_frac: float = 0.1  # kernel side ~ 10 % of the crop side (rounded up to odd)
+    blur_kernel: int = 0  # 0: sides from blur_kernel_frac; else this odd side on both axes (the release's FlowE: 51)
     affine: bool = True
     affine_scale: tuple[float, float] = (0.9, 1.1)
     affine_degrees: float = 10.0
@@ -119,6 +150,11 @@ class AugmentConfig:
             _in_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
         _in_range("augment.hue", self.hue, 0.0, 0.5)
         _interval("augment.blur_sigma", self.blur_sigma, 0.0, float("inf"))
+        if self.blur_kernel < 0 or (self.blur_kernel > 0 and self.blur_kernel % 2 == 0):
+            raise ConfigError(
+                f"augment.blur_kernel must be 0 (size from augment.blur_kernel_frac) or an odd kernel side, "
+                f"got {self.blur_kernel!r}"
+            )
         _interval("augment.affine_scale", self.affine_scale, 0.0, float("inf"))
         _in_range("augment.affine_degrees", self.affine_degrees, 0.0, 180.0)
 
@@ -136,6 +172,9 @@ class DataConfig:
     dt_frames: tuple[int, int] = (15, 30)  # inclusive range of frame gaps
     dt_seconds: float | None = None  # if set, overrides dt_frames using each video's fps
     repeat: int = 2  # R pairs drawn per video load (repeated sampling)
+    # Start frame t of a pair: "release" = [0, len - dt_max) for every dt (the authors' randint(0, len - 30)),
+    # "full" = [0, len - dt). Equal when dt is fixed (WT).
+    start_range: str = "release"
     workers: int = 4
 
     def validate(self) -> None:
@@ -145,6 +184,7 @@ class DataConfig:
         _interval("data.scale", self.scale, 0.0, float("inf"))
         _interval("data.dt_frames", self.dt_frames, 0, 10**9)
         _positive("data.repeat", self.repeat)
+        _choice("data.start_range", self.start_range, ("release", "full"))
 
 
 @dataclass

@@ -6,6 +6,10 @@
 
 The recipe is `readout_<dataset>` (linear) or `upernet_<dataset>` (shipped configs; `--config` picks another,
 e.g. `readout_synthdrive_cpu`), with `key=value` overrides. Under torchrun every rank trains its share.
+
+Every train and val mask is checked before anything is trained; a bad one is a one-line error naming the file.
+WT-Sem's label encoding is read off its train masks (`label_encoding=zero_based|one_based` sets it);
+`recompute_bn=N` recomputes the frozen backbone's BatchNorm statistics on N train images first (default off).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`poodle flow`: compute and visualise optical flow for a frame pair; benchmark estimators on SynthDrive.
 
     poodle flow --video clip.mp4 --t 0 --dt 15 --backend dis --out flow_out
-    poodle flow --frames a.png b.png --backend raft_large --weights raft_large_C_T_SKHT_V2-ff5fadd5.pth
+    poodle flow --frames a.png b.png --backend raft_large --weights raft_large_C_T_V1-22a6c225.pth
     poodle flow --benchmark-synthdrive --pairs 16 --resolution 256x512
 
 The pair mode writes ``flow.png`` (frame a | frame b | flow a->b colour | occlusion mask a->b) and ``flow.npz``

@@ -31,6 +31,7 @@ __all__ = [
     "IMAGENET_STD",
     "DenseGeometry",
     "blur_kernel_size",
+    "blur_kernel_sides",
     "denormalize",
     "normalize",
     "photometric",
@@ -192,6 +193,15 @@ def blur_kernel_size(side: int, frac: float) -> int:
     return max(1, min(k, 2 * side - 1))  # reflect padding needs k // 2 < side
 
 
+def blur_kernel_sides(h: int, w: int, cfg: AugmentConfig) -> tuple[int, int]:
+    """(vertical, horizontal) kernel sides for an h x w image: ~``blur_kernel_frac`` of each side, or the fixed odd
+    ``blur_kernel`` on both axes (the release's FlowE: torchvision ``GaussianBlur(51)``), capped like
+    :func:`blur_kernel_size` so reflect padding stays valid on tiny images."""
+    if cfg.blur_kernel > 0:
+        return min(cfg.blur_kernel, 2 * h - 1), min(cfg.blur_kernel, 2 * w - 1)
+    return blur_kernel_size(h, cfg.blur_kernel_frac), blur_kernel_size(w, cfg.blur_kernel_frac)
+
+
 def _gaussian_kernels(size: int, sigma: Tensor) -> Tensor:
     t = torch.arange(size, device=sigma.device, dtype=torch.float32) - (size - 1) / 2
     k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)).square())
@@ -228,7 +238,8 @@ def photometric(
     with ``random_order`` (default, as torchvision's ColorJitter) each image also applies brightness /
     contrast / saturation / hue in its own random order, which evaluates each enabled op once per position
     (4x the cheap jitter arithmetic) to stay free of data-dependent indexing. Blur kernel sides are
-    ``blur_kernel_size(H)`` vertically and ``blur_kernel_size(W)`` horizontally (the release swapped them).
+    ``blur_kernel_size(H)`` vertically and ``blur_kernel_size(W)`` horizontally (the release swapped them), or
+    ``cfg.blur_kernel`` on both axes when it is set (:func:`blur_kernel_sides`).
     """
     x = to_float_image(images)
     if x.dim() != 4 or x.shape[1] != 3:
@@ -244,8 +255,7 @@ def photometric(
     if cfg.blur_p > 0:
         do_blur = rand((b,), dev, generator) < cfg.blur_p
         sigma = _uniform((b,), cfg.blur_sigma[0], cfg.blur_sigma[1], dev, generator).clamp_min(1e-6)
-        kh = blur_kernel_size(h, cfg.blur_kernel_frac)
-        kw = blur_kernel_size(w, cfg.blur_kernel_frac)
+        kh, kw = blur_kernel_sides(h, w, cfg)
         x = torch.where(do_blur.view(shape), _gaussian_blur(x, sigma, kh, kw), x)
     if normalize:
         x = _imagenet_normalize(x)

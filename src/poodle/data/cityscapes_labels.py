@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from poodle.data.classes import BDD100K_CLASSES, BDD100K_PALETTE, IGNORE_INDEX
+from poodle.data.classes import BDD100K_CLASSES, IGNORE_INDEX
 
 
 class CityscapesLabel(NamedTuple):
@@ -67,11 +67,10 @@ LABEL_ID_TO_TRAIN_ID: dict[int, int] = {lab.id: lab.train_id for lab in CITYSCAP
 # Same 19 classes in the same (trainId) order as BDD100K.
 CITYSCAPES_CLASSES: tuple[str, ...] = BDD100K_CLASSES
 
-# The Cityscapes palette is BDD100K's with wall (3) and fence (4) swapped back.
-_p = list(BDD100K_PALETTE)
-_p[3], _p[4] = _p[4], _p[3]
-CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = tuple(_p)
-del _p
+# The official label colours in trainId order; BDD100K uses the same palette (the bdd100k toolkit's label.py).
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    lab.color for lab in sorted(CITYSCAPES_LABELS, key=lambda lab: lab.train_id) if 0 <= lab.train_id < 19
+)
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:

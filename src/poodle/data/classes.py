@@ -28,13 +28,14 @@ BDD100K_CLASSES: tuple[str, ...] = (
     "bicycle",
 )
 
-# BDD100K's palette (bdd100k toolkit sem_seg.toml): Cityscapes' colours with wall and fence swapped.
+# BDD100K's palette: the Cityscapes trainId colours, as the bdd100k toolkit (bdd100k/label/label.py) and mmseg
+# use them (wall (102, 102, 156), fence (190, 153, 153)).
 BDD100K_PALETTE: tuple[tuple[int, int, int], ...] = (
     (128, 64, 128),
     (244, 35, 232),
     (70, 70, 70),
-    (190, 153, 153),
     (102, 102, 156),
+    (190, 153, 153),
     (153, 153, 153),
     (250, 170, 30),
     (220, 220, 0),

@@ -12,7 +12,8 @@ Conventions (used by every module of poodle):
 
 The authors' release normalised sampling coordinates with (W - 1) but sampled with ``align_corners=False``,
 which shifts every warped value by up to half a pixel (spec section 11, decision 15). Here the normalisation and
-``align_corners`` agree, so warping by an integer flow is an exact shift.
+``align_corners`` agree, so warping by an integer flow is an exact shift; ``backward_warp(..., convention="release")``
+reproduces the release's formula (``objective.warp_convention=release``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "WARP_CONVENTIONS",
+    "absolute_occlusion_mask",
     "backward_warp",
     "crop_flow",
     "flow_to_rgb",
@@ -31,6 +34,10 @@ __all__ = [
     "pixel_grid",
     "resize_flow",
 ]
+
+# "exact": pixel-centre sampling (decision 15). "release": the release's feature warp, coordinates normalised by
+# (W - 1) but sampled with align_corners=False.
+WARP_CONVENTIONS = ("exact", "release")
 
 
 def _check_flow(flow: Tensor) -> None:
@@ -46,12 +53,20 @@ def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tens
     return torch.stack((gx, gy)).unsqueeze(0)
 
 
-def backward_warp(x: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> Tensor:
+def backward_warp(
+    x: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str = "zeros", convention: str = "exact"
+) -> Tensor:
     """out(p) = x(p + flow(p)), sampled with ``grid_sample`` under the pixel-centre convention.
 
     ``x`` is (B, C, H, W) with any C and must have the flow's resolution (resize the flow with
     :func:`resize_flow` or the map first). Sampling runs in float32 (normalised coordinates in bf16 would be off
     by several pixels at 1024 px); the result has ``x``'s dtype.
+
+    ``convention="release"`` reproduces the release's feature warp: the target point q = p + flow(p) is
+    normalised as 2 q / (W - 1) - 1 but sampled with ``align_corners=False``, so it actually reads x at
+    q W / (W - 1) - 0.5 (and likewise in y): a magnification by W / (W - 1) about the image centre, off by
+    q / (W - 1) - 0.5 pixels, i.e. -0.5 px at the left edge, 0 at the centre, +0.5 px at the right edge. The
+    outermost rows and columns then blend half a pixel of zero padding in.
     """
     _check_flow(flow)
     if x.dim() != 4:
@@ -61,11 +76,16 @@ def backward_warp(x: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode:
             f"backward_warp: x {tuple(x.shape)} and flow {tuple(flow.shape)} must share batch size and (H, W); "
             "resize one of them first (resize_flow scales the vectors too)"
         )
+    if convention not in WARP_CONVENTIONS:
+        raise ValueError(f"warp convention must be one of {WARP_CONVENTIONS}, got {convention!r}")
     h, w = flow.shape[-2:]
     pos = pixel_grid(h, w, flow.device) + flow.float()  # (B, 2, H, W) sampling positions in pixels
-    # align_corners=False: pixel centre x maps to (2x + 1) / W - 1.
-    gx = (2.0 * pos[:, 0] + 1.0) / w - 1.0
-    gy = (2.0 * pos[:, 1] + 1.0) / h - 1.0
+    if convention == "exact":  # align_corners=False: pixel centre x maps to (2x + 1) / W - 1.
+        gx = (2.0 * pos[:, 0] + 1.0) / w - 1.0
+        gy = (2.0 * pos[:, 1] + 1.0) / h - 1.0
+    else:  # the release's (W - 1) normalisation, still sampled with align_corners=False (max(.., 1) as it does)
+        gx = 2.0 * pos[:, 0] / max(w - 1, 1) - 1.0
+        gy = 2.0 * pos[:, 1] / max(h - 1, 1) - 1.0
     grid = torch.stack((gx, gy), dim=-1)
     out = F.grid_sample(x.float(), grid, mode=mode, padding_mode=padding_mode, align_corners=False)
     return out.to(x.dtype)
@@ -97,6 +117,22 @@ def occlusion_mask(flow_fw: Tensor, flow_bw: Tensor, alpha1: float = 0.1, alpha2
     lhs = (fw + bw_at).square().sum(1, keepdim=True)
     rhs = alpha1 * (fw.square().sum(1, keepdim=True) + bw_at.square().sum(1, keepdim=True)) + alpha2
     return lhs > rhs
+
+
+def absolute_occlusion_mask(flow_fw: Tensor, flow_bw: Tensor, threshold_px: float = 3.54) -> Tensor:
+    """(B, 1, H, W) bool, True = occluded, by the absolute forward-backward error of the release's FlowE.
+
+    p is occluded iff ||F(p) + F_b(p + F(p))|| > threshold_px (Euclidean norm in pixels; 3.54 = 10 / sqrt(8) in the
+    release's config). F_b is sampled exactly at p + F(p) (bilinear, zero padding: the release's ``align_corners=True``
+    sampler with its matching (W - 1) normalisation), so this test does not depend on the warp convention. Unlike
+    DDFlow's test (:func:`occlusion_mask`) the tolerance does not grow with the flow's magnitude, and a point that
+    leaves the frame by less than the threshold (zero-padded F_b) is not occluded.
+    """
+    _check_flow(flow_fw)
+    _check_flow(flow_bw)
+    fw = flow_fw.float()
+    err = torch.linalg.vector_norm(fw + backward_warp(flow_bw.float(), fw), dim=1, keepdim=True)
+    return err > threshold_px
 
 
 def resize_flow(flow: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:

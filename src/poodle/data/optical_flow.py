@@ -48,9 +48,10 @@ __all__ = [
 ]
 
 RAFT_SIZES = ("large", "small")
-# torchvision weight enum member used by default for each size (spec 2.6: RAFT trained on Chairs + Things; the
-# torchvision C_T_SKHT_V2 member is the closest published torchvision checkpoint for raft_large).
-DEFAULT_RAFT_WEIGHTS = {"large": "C_T_SKHT_V2", "small": "C_T_V2"}
+# torchvision weight enum member used by default for each size. raft_large: C_T_V1 is torchvision's port of
+# princeton-vl's raft-things.pth (Chairs + Things), the checkpoint the release uses (spec 2.6); C_T_SKHT_V2 (also
+# trained on Sintel, KITTI, HD1K) stays one `flow.weights=C_T_SKHT_V2` away.
+DEFAULT_RAFT_WEIGHTS = {"large": "C_T_V1", "small": "C_T_V2"}
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 RAFT_MIN_SIDE = 128  # 8x downsampling, then a 4-level correlation pyramid that needs >= 16 cells
 
@@ -109,7 +110,7 @@ def _raft_weights_enum(size: str):
 def raft_weights_path(size: str = "large", member: str = "") -> Path:
     """Where torchvision's hub cache keeps a RAFT weight file: ``$TORCH_HOME/hub/checkpoints/<url file name>``.
 
-    ``member`` is a ``Raft_Large_Weights`` / ``Raft_Small_Weights`` member name (default: C_T_SKHT_V2 / C_T_V2).
+    ``member`` is a ``Raft_Large_Weights`` / ``Raft_Small_Weights`` member name (default: C_T_V1 / C_T_V2).
     The file name (with its hash prefix) is read from the enum's URL; nothing is downloaded.
     """
     if size not in RAFT_SIZES:
@@ -163,7 +164,7 @@ class RaftFlow(FlowEstimator):
 
     Args:
         size: "large" (the spec's model) or "small".
-        weights: "" = the hub-cache file of the default torchvision member; a member name such as "C_T_SKHT_K_V2"
+        weights: "" = the hub-cache file of the default torchvision member; a member name such as "C_T_SKHT_V2"
             = that member's hub-cache file; a path = a local torchvision state dict; ``None`` = random
             initialisation (tests only: random RAFT output is meaningless).
         iters: refinement iterations (spec: 24).

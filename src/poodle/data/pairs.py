@@ -32,7 +32,10 @@ from poodle.data.manifest import VIDEO_PATTERNS, scan_manifest
 from poodle.data.outer_crop import OuterCrop, apply_outer_crop, sample_outer_crop
 from poodle.data.video import VideoDecodeError, VideoInfo, read_frames
 
-__all__ = ["LAYOUTS", "FramePairDataset", "PairDataError", "PairMeta", "build_pair_dataset", "collate_pairs"]
+__all__ = [
+    "LAYOUTS", "START_RANGES", "FramePairDataset", "PairDataError", "PairMeta", "build_pair_dataset", "collate_pairs",
+    "draw_start",
+]  # fmt: skip
 
 log = logging.getLogger("poodle.data")
 
@@ -46,6 +49,23 @@ LAYOUTS = {
     "mp4/mov/mkv/avi/webm)",
     "folder": "ROOT/**/<name>.{mp4,mov,mkv,avi,webm} (any videos, nested folders allowed)",
 }
+
+
+START_RANGES = ("release", "full")
+
+
+def draw_start(rng: np.random.Generator, length: int, dt: int, dt_max: int, mode: str = "release") -> int:
+    """Start frame t of a pair (t, t + dt) in an item of `length` frames, uniform over its range.
+
+    "release": t in [0, length - dt_max), the authors' `randint(0, len - 30)` with dt_max = 30 for every dt, so
+    the same start range serves all gaps (the last dt_max - dt starts of a shorter gap are never drawn).
+    "full": t in [0, length - dt), every start that fits this pair's gap. They agree when dt is fixed (WT), and
+    an item too short for dt_max (where the release would fail) uses "full".
+    """
+    if mode not in START_RANGES:
+        raise ValueError(f"start range must be one of {START_RANGES}, got {mode!r}")
+    span = length - (dt_max if mode == "release" and length > dt_max else dt)
+    return int(rng.integers(0, max(span, 1)))
 
 
 class PairDataError(RuntimeError):
@@ -83,6 +103,7 @@ class FramePairDataset(Dataset):
         dt_seconds: float | None = None,
         repeat: int = 1,
         clip_seconds: float | None = None,
+        start_range: str = "release",
         seed: int = 0,
         rank: int = 0,
         max_retries: int = 10,
@@ -99,6 +120,9 @@ class FramePairDataset(Dataset):
         self.dt_seconds = dt_seconds
         self.repeat = int(repeat)
         self.clip_seconds = clip_seconds
+        if start_range not in START_RANGES:
+            raise ValueError(f"start_range must be one of {START_RANGES}, got {start_range!r}")
+        self.start_range = start_range
         self.seed = int(seed)
         self.rank = int(rank)
         self.max_retries = int(max_retries)
@@ -190,14 +214,14 @@ class FramePairDataset(Dataset):
         return int(rng.integers(len(self)))
 
     def draw_times(self, current: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-        """R (t, t + dt) frame pairs inside item `current`: dt as configured, start uniform with room for the gap."""
+        """R (t, t + dt) frame pairs inside item `current`: dt as configured, start by `draw_start` (`start_range`)."""
         video = self.videos[int(self._item_video[current])]
         first, length = int(self._item_start[current]), int(self._item_len[current])
         lo, hi = self.dt_range(video)
         times = []
         for _ in range(self.repeat):
             dt = min(int(rng.integers(lo, hi + 1)), length - 1)  # clamped for clips/videos shorter than the gap
-            t = first + int(rng.integers(0, length - dt))
+            t = first + draw_start(rng, length, dt, hi, self.start_range)
             times.append((t, t + dt))
         return times
 
@@ -279,6 +303,7 @@ def build_pair_dataset(
         dt_seconds=cfg.dt_seconds,
         repeat=cfg.repeat,
         clip_seconds=WT_CLIP_SECONDS if cfg.dataset == "wt" else None,
+        start_range=cfg.start_range,
         seed=seed,
         rank=rank,
         max_retries=max_retries,

@@ -11,17 +11,20 @@ The exact on-disk layouts are documented in docs/data.md ("Segmentation datasets
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from poodle.data.ade20k_classes import ADE20K_CLASSES, ADE20K_PALETTE
 from poodle.data.cityscapes_labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_ID_TO_TRAIN_ID
@@ -31,6 +34,8 @@ DATASET_NAMES: tuple[str, ...] = ("bdd100k", "synthdrive", "cityscapes", "ade20k
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MASK_EXTENSIONS = (".png",)  # lossy formats would invent label values at edges
+# Several values per pixel (or fractional ones): not masks of label ids.
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "LA", "PA", "La", "CMYK", "YCbCr", "HSV", "LAB", "F")
 _MAX_EXAMPLES = 5
 
 Transform = Callable[..., tuple[Any, Any]]
@@ -46,6 +51,9 @@ class SegDatasetInfo:
     classes: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     ignore_index: int = IGNORE_INDEX
+    # WT-Sem only: "zero_based" (0-149) or "one_based" (ADE-style 1-150, 0 = unlabelled), and how it was chosen.
+    label_encoding: str | None = None
+    encoding_note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -113,13 +121,27 @@ class LabelDecoder:
             self._raise(raw, bad, path)
         return out.astype(np.uint8)
 
+    def decode_histogram(self, hist: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+        """Raw-value histogram (256,) -> decoded-label histogram (256,); raises like `__call__` on a raw value
+        without a table entry (the mask scan checks and counts a mask from its histogram alone)."""
+        hist = np.asarray(hist, dtype=np.int64)
+        bad = (hist > 0) & (self.lut < 0)
+        if bad.any():
+            values = np.flatnonzero(bad)
+            self._raise_counts(values, hist[values], int(hist.sum()), path)
+        valid = np.flatnonzero((hist > 0) & (self.lut >= 0))
+        return np.bincount(self.lut[valid], weights=hist[valid], minlength=256).astype(np.int64)
+
     def _raise(self, raw: np.ndarray, bad: np.ndarray, path: str | Path) -> None:
         values, counts = np.unique(raw[bad], return_counts=True)
+        self._raise_counts(values, counts, raw.size, path)
+
+    def _raise_counts(self, values: np.ndarray, counts: np.ndarray, size: int, path: str | Path) -> None:
         listed = ", ".join(f"{int(v)} ({int(c)} px)" for v, c in list(zip(values, counts))[:10])
         more = f" and {len(values) - 10} more values" if len(values) > 10 else ""
         raise SegDatasetError(
             f"mask {path} has label values outside the valid range [{self.valid}]: {listed}{more} "
-            f"({int(bad.sum())} of {raw.size} px). Labels are never clipped: check that the dataset name matches "
+            f"({int(np.sum(counts))} of {size} px). Labels are never clipped: check that the dataset name matches "
             "the files (e.g. Cityscapes labelIds vs labelTrainIds, ADE20K's 0-150 encoding, classes.txt length)."
         )
 
@@ -161,17 +183,35 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Raw single-channel mask values (palette PNGs give their indices, which are the labels)."""
+    """Raw single-channel mask values (palette PNGs give their indices, which are the labels).
+
+    A colour mask, an unreadable or a truncated file is a `SegDatasetError` naming the file (one line)."""
     try:
         with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-                raise SegDatasetError(
-                    f"mask {path} is a {im.mode} image; label masks must be single-channel PNGs of class ids "
-                    "(colour visualisations such as BDD100K colormaps/ or Cityscapes *_gtFine_color.png cannot be used)"
-                )
-            return np.asarray(im)
-    except OSError as e:
-        raise SegDatasetError(f"cannot read mask {path}: {e}") from None
+            mode = im.mode
+            raw = None if mode in _COLOUR_MODES else np.asarray(im)
+    # OSError covers PIL's "image file is truncated" and "broken data stream"; the others are corrupt headers.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SegDatasetError(
+            f"mask {path} cannot be decoded ({e}): the file is truncated or not a PNG; extract it again from the "
+            "dataset archive"
+        ) from None
+    if raw is None:
+        raise SegDatasetError(
+            f"mask {path} is a {mode} image; label masks must be single-channel PNGs of class ids "
+            "(colour visualisations such as BDD100K colormaps/ or Cityscapes *_gtFine_color.png cannot be used)"
+        )
+    return raw
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image from its header only (PIL opens lazily: no pixel is decoded)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SegDatasetError(f"image {path} cannot be read ({e}); extract it again from the dataset archive") from None
+    return h, w
 
 
 class SegmentationDataset(Dataset):
@@ -445,18 +485,38 @@ def _ade20k(root: Path, split: str) -> _Found:
     return _Found([images[k] for k in keys], [masks[k] for k in keys], keys, info, LabelDecoder.reduce_zero_label(150))
 
 
-def _wtsem(root: Path, split: str) -> _Found:
-    # Assumed layout (WT-Sem has no official one): ROOT/images/<split>/**/<frame>.{jpg,png} and
-    # ROOT/annotations/<split>/**/<frame>.png, same relative path; masks 0-150 as in ADE20K (0 = other).
+LABEL_ENCODINGS: tuple[str, ...] = ("auto", "zero_based", "one_based")
+_ENCODINGS_TEXT = ", ".join(LABEL_ENCODINGS)
+_WTSEM_CLASSES = len(ADE20K_CLASSES)
+
+
+def _wtsem(root: Path, split: str, encoding: str = "auto") -> _Found:
+    # Assumed layout (the public release, agentic-learning-ai-lab/Walking-Tours-Semantic on the Hugging Face hub,
+    # documents none that we could read): ROOT/images/<split>/**/<frame>.{jpg,png} and
+    # ROOT/annotations/<split>/**/<frame>.png, same relative path. The label encoding is not documented either:
+    # 0-149 (zero_based) or ADE-style 1-150 with 0 = unlabelled (one_based); "auto" reads it off the train masks.
     name = "wtsem"
+    if encoding not in LABEL_ENCODINGS:
+        raise SegDatasetError(f"wtsem: unknown label encoding {encoding!r}; choose one of {_ENCODINGS_TEXT}")
     _check_layout(root, name, root / "images", root / "annotations")
     image_dir = _split_dir(root / "images", split, name, _SPLIT_ALIASES)
     mask_dir = _split_dir(root / "annotations", split, name, _SPLIT_ALIASES)
     images = _scan(image_dir, (".jpg", ".jpeg", ".png"), recursive=True)
     masks = _scan(mask_dir, MASK_EXTENSIONS, recursive=True)
     keys = _pair(images, masks, image_dir, mask_dir, f"{name} {split}")
-    info = SegDatasetInfo(name, ADE20K_CLASSES, ADE20K_PALETTE)
-    return _Found([images[k] for k in keys], [masks[k] for k in keys], keys, info, LabelDecoder.reduce_zero_label(150))
+    note = "set explicitly"
+    if encoding == "auto":
+        # From the train masks (the same encoding for every split); a copy without them (val only) uses its own.
+        has_train = any((root / "annotations" / d).is_dir() for d in ("train", "training"))
+        probe_split = "train" if has_train else split
+        found = _wtsem(root, probe_split, "one_based")  # any decoder: the scan reads raw values
+        probe = SegmentationDataset(found.image_paths, found.mask_paths, found.info, found.decoder)
+        scan = scan_masks(probe, progress=True, desc=f"wtsem: reading the {probe_split} masks for the label encoding")
+        encoding, note = resolve_wtsem_encoding(scan, "auto", probe_split)
+    decoder = LabelDecoder.identity(_WTSEM_CLASSES) if encoding == "zero_based" else \
+        LabelDecoder.reduce_zero_label(_WTSEM_CLASSES)  # fmt: skip
+    info = SegDatasetInfo(name, ADE20K_CLASSES, ADE20K_PALETTE, label_encoding=encoding, encoding_note=note)
+    return _Found([images[k] for k in keys], [masks[k] for k in keys], keys, info, decoder)
 
 
 def read_classes_txt(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...], bool]:
@@ -527,16 +587,271 @@ _LAYOUTS: dict[str, Callable[[Path, str], _Found]] = {
 
 
 def build_segmentation_dataset(
-    name: str, root: str | Path, split: str = "train", transform: Transform | None = None
+    name: str, root: str | Path, split: str = "train", transform: Transform | None = None, encoding: str = "auto"
 ) -> SegmentationDataset:
     """Scan `root` in the layout `name` (one of DATASET_NAMES) and return the split's dataset.
 
-    Raises SegDatasetError for a wrong root/layout, unpaired files or an empty split; masks with the wrong size or
-    out-of-range values raise when the sample is loaded.
+    `encoding` (WT-Sem only; the others have one documented encoding): "zero_based", "one_based" or "auto" (read off
+    the train masks, see `resolve_wtsem_encoding`). Raises SegDatasetError for a wrong root/layout, unpaired files
+    or an empty split; masks with the wrong size or out-of-range values raise when the sample is loaded, or all at
+    once, before any training, with `check_segmentation_data`.
     """
     if name not in _LAYOUTS:
         raise SegDatasetError(f"unknown segmentation dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    found = _LAYOUTS[name](Path(root).expanduser(), split)
+    if name == "wtsem":
+        found = _wtsem(Path(root).expanduser(), split, encoding)
+    elif encoding != "auto":
+        raise SegDatasetError(f"{name}: label encoding {encoding!r} applies to wtsem only; leave it at 'auto'")
+    else:
+        found = _LAYOUTS[name](Path(root).expanduser(), split)
     return SegmentationDataset(
         found.image_paths, found.mask_paths, found.info, found.decoder, transform=transform, names=found.names
     )
+
+
+# ------------------------------------------------------------------------------------------ checking masks
+#
+# A bad mask used to surface only when the DataLoader reached it: for a val mask, after all readout training, as a
+# multi-line worker traceback. `check_segmentation_data` reads every mask of the given splits once, up front: label
+# files decoded (no image decode: the image size comes from its header), each reduced to a 256-bin histogram of its
+# raw values, which is all the value check, the WT-Sem encoding and the class statistics need.
+
+
+@dataclass
+class MaskScan:
+    """What `scan_masks` read: one raw-value histogram per mask."""
+
+    mask_paths: list[Path]
+    histograms: np.ndarray  # (N, 256) int64: pixels per raw value
+    sizes: np.ndarray  # (N,) int64: pixels per mask
+    seconds: float
+
+    def first_with(self, values: Sequence[int]) -> Path:
+        """The first mask holding any of `values` (callers know one does)."""
+        rows = np.flatnonzero((self.histograms[:, list(values)] > 0).any(axis=1))
+        return self.mask_paths[int(rows[0])]
+
+
+def _scan_one(image_path: Path, mask_path: Path) -> tuple[np.ndarray, int]:
+    h, w = image_size(image_path)
+    try:
+        with Image.open(mask_path) as im:
+            mw, mh = im.size
+            # 8-bit masks (the usual case): PIL's C histogram (0.6 ms for 720x1280; numpy's bincount 1.4 ms).
+            hist = np.asarray(im.histogram(), dtype=np.int64) if im.mode in ("L", "P") and (mh, mw) == (h, w) else None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        hist = None  # read_mask below reports it in its words
+    if hist is not None:
+        return hist, h * w
+    raw = read_mask(mask_path)
+    if raw.shape[:2] != (h, w):
+        raise SegDatasetError(
+            f"mask {mask_path} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its image {image_path} is {h}x{w}; "
+            "masks must have the image's resolution"
+        )
+    if raw.dtype == np.bool_:
+        raw = raw.astype(np.uint8)
+    if raw.dtype != np.uint8:  # 16/32-bit PNGs: anything outside 0..255 cannot be one of our labels
+        bad = (raw < 0) | (raw > 255)
+        if bad.any():
+            LabelDecoder({}, "0-255")._raise(raw, bad, mask_path)
+        raw = raw.astype(np.uint8)
+    return np.bincount(raw.ravel(), minlength=256).astype(np.int64), int(raw.size)
+
+
+class _ScanItems(Dataset):
+    """Mask i -> (i, histogram, size, error message); errors travel as text, so a worker never prints a traceback."""
+
+    def __init__(self, image_paths: Sequence[Path], mask_paths: Sequence[Path]):
+        self.image_paths, self.mask_paths = image_paths, mask_paths
+
+    def __len__(self) -> int:
+        return len(self.mask_paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, int, str]:
+        try:
+            hist, size = _scan_one(self.image_paths[i], self.mask_paths[i])
+        except SegDatasetError as e:
+            return i, None, 0, str(e)
+        return i, hist, size, ""
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+_PROGRESS_MIN = 200  # masks: a progress bar below that would only flicker
+_PARALLEL_MIN = 64  # masks: below that, starting worker processes costs more than it saves
+
+
+def scan_masks(
+    ds: SegmentationDataset,
+    limit: int | None = None,
+    workers: int = 0,
+    progress: bool | Callable[[int, int], None] = False,
+    desc: str = "checking masks",
+) -> MaskScan:
+    """Read the first `limit` masks of `ds` (all by default) once: decode each label file, check it is single-channel
+    and has its image's size (image header only), and count its raw values. Raises `SegDatasetError` naming the
+    first bad file (in file order). `workers` > 0 reads in DataLoader worker processes; `progress` is a tqdm bar
+    (True, shown for 200+ masks) or a `progress(done, total)` callback."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    t0 = time.perf_counter()
+    items = _ScanItems(ds.image_paths[:n], ds.mask_paths[:n])
+    hists = np.zeros((n, 256), dtype=np.int64)
+    sizes = np.zeros(n, dtype=np.int64)
+    if workers > 0 and n >= _PARALLEL_MIN:
+        chunks: Any = DataLoader(items, batch_size=16, num_workers=min(workers, n), collate_fn=_as_list)
+    else:
+        chunks = ([items[i]] for i in range(n))
+    bar = tqdm(
+        total=n, desc=desc, unit="mask", leave=False, disable=callable(progress) or not progress or n < _PROGRESS_MIN
+    )
+    done = 0
+    try:
+        for chunk in chunks:
+            for i, hist, size, error in chunk:
+                if error:
+                    raise SegDatasetError(error)
+                hists[i], sizes[i] = hist, size
+            done += len(chunk)
+            bar.update(len(chunk))
+            if callable(progress):
+                progress(done, n)
+    finally:
+        bar.close()
+    return MaskScan(list(ds.mask_paths[:n]), hists, sizes, time.perf_counter() - t0)
+
+
+def decode_histograms(ds: SegmentationDataset, scan: MaskScan) -> np.ndarray:
+    """Raw-value histograms -> decoded-label histograms (N, 256) through each sample's own decoder; a raw value the
+    decoder has no entry for raises `SegDatasetError` naming the first such file and its values."""
+    out = np.zeros_like(scan.histograms)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(scan.mask_paths)):
+        groups.setdefault(id(ds.decoders[i]), []).append(i)
+    for rows in groups.values():
+        decoder, h = ds.decoders[rows[0]], scan.histograms[rows]
+        bad = ((h > 0) & (decoder.lut < 0)).any(axis=1)
+        if bad.any():
+            r = rows[int(np.flatnonzero(bad)[0])]
+            decoder.decode_histogram(scan.histograms[r], scan.mask_paths[r])  # raises, naming the file
+        decoded = np.zeros_like(h)
+        for raw in np.flatnonzero(decoder.lut >= 0):
+            decoded[:, decoder.lut[raw]] += h[:, raw]
+        out[rows] = decoded
+    return out
+
+
+def resolve_wtsem_encoding(train: MaskScan, requested: str = "auto", split: str = "train") -> tuple[str, str]:
+    """(encoding, how it was chosen) for WT-Sem from its train masks' raw values (255 = ignore in both):
+
+    - a value above 150 fits neither encoding: refused, naming the first file;
+    - 150 present: one_based (only the ADE-style encoding has it; its 0 = unlabelled);
+    - no 0 at all: one_based (0-based masks would label "wall" 0 somewhere; OpenSeeD labels every pixel);
+    - 0 present and every value <= 149: zero_based.
+    An explicit `requested` encoding that the masks contradict (value 150 with zero_based) is refused by name."""
+    if requested not in LABEL_ENCODINGS:
+        raise SegDatasetError(
+            f"wtsem: unknown label encoding {requested!r}; choose one of {', '.join(LABEL_ENCODINGS)}"
+        )
+    total = train.histograms.sum(axis=0)
+    n, k = _WTSEM_CLASSES, len(train.mask_paths)
+    above = [v for v in range(n + 1, 255) if total[v]]
+    if above:
+        path = train.first_with(above)
+        raise SegDatasetError(
+            f"mask {path}: values {', '.join(map(str, above[:5]))} fit neither WT-Sem encoding (0-149, or 1-150 with "
+            "0 = unlabelled) nor 255 (ignore); is this the right --dataset?"
+        )
+    if total[n]:
+        detected, why = "one_based", f"value {n} occurs ({int(total[n])} px), a class only in the 1-150 encoding"
+    elif not total[0]:
+        detected, why = "one_based", "no pixel is 0 (0-based masks would label 'wall' 0 somewhere)"
+    else:
+        hi = max(v for v in range(255) if total[v])
+        detected, why = "zero_based", f"0 occurs ({int(total[0])} px) and the largest value is {hi} <= {n - 1}"
+    why += f" in {k} {split} masks"
+    if requested == "auto":
+        return detected, f"detected: {why}"
+    if requested == "zero_based" and total[n]:
+        raise SegDatasetError(
+            f"mask {train.first_with([n])}: value {n} is not a class id with label_encoding=zero_based (0-{n - 1}, "
+            f"255 = ignore); these masks are 1-based (ADE-style, 0 = unlabelled): use label_encoding=one_based or auto"
+        )
+    if requested == detected:
+        return requested, f"set explicitly; the masks agree ({why})"
+    return requested, f"set explicitly; auto-detection would choose {detected} ({why})"
+
+
+@dataclass
+class DataCheck:
+    """Result of `check_segmentation_data`: what was checked, and what later steps reuse."""
+
+    dataset: str
+    info: SegDatasetInfo
+    masks: dict[str, int]  # split -> masks checked
+    seconds: float
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)  # split -> decoded-label histograms (N, 256)
+    sizes: dict[str, np.ndarray] = field(default_factory=dict)  # split -> pixels per mask
+
+    @property
+    def label_encoding(self) -> str | None:
+        return self.info.label_encoding
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"masks_checked": dict(self.masks), "seconds": round(self.seconds, 1)}
+        if self.info.label_encoding is not None:
+            d["label_encoding"] = {"encoding": self.info.label_encoding, "how": self.info.encoding_note}
+        return d
+
+    def summary(self) -> str:
+        counts = " + ".join(f"{n} {split}" for split, n in self.masks.items())
+        line = f"checked {counts} masks (decode, size, values) in {self.seconds:.1f} s"
+        if self.info.label_encoding is not None:
+            line += f"; label encoding {self.info.label_encoding} ({self.info.encoding_note})"
+        return line
+
+
+def check_segmentation_data(
+    name: str,
+    root: str | Path,
+    splits: Sequence[str] = ("train", "val"),
+    encoding: str = "auto",
+    workers: int = 0,
+    progress: bool | Callable[[int, int], None] = False,
+    limit: int | None = None,
+) -> DataCheck:
+    """Read every mask of `splits` (the first `limit` of each) once and fail on the first bad one with a one-line
+    `SegDatasetError` naming the file, what is wrong and what to do: undecodable/truncated file, colour mask, size
+    different from its image's, a value that is neither a class id nor the ignore index after the dataset's own
+    decoding. For WT-Sem the label encoding is resolved from ALL train masks (`resolve_wtsem_encoding`). Returns the
+    decoded-label histograms (for class statistics) and what was checked; `info.label_encoding` is what to pass
+    to `build_segmentation_dataset` for the same decoding."""
+    t0 = time.perf_counter()
+    scans: dict[str, MaskScan] = {}
+    note = ""
+    if name == "wtsem":
+        train = build_segmentation_dataset(name, root, "train", encoding="one_based")  # raw values only here
+        scans["train"] = scan_masks(train, None, workers, progress, "checking train masks")
+        encoding, note = resolve_wtsem_encoding(scans["train"], encoding)
+    info = None
+    check_masks: dict[str, int] = {}
+    hists: dict[str, np.ndarray] = {}
+    sizes: dict[str, np.ndarray] = {}
+    for split in splits:
+        ds = build_segmentation_dataset(name, root, split, encoding=encoding)
+        scan = scans.get(split)
+        if scan is None:
+            scan = scan_masks(ds, limit, workers, progress, f"checking {split} masks")
+        elif limit is not None:  # WT-Sem's train split, read in full for the encoding
+            scan = MaskScan(scan.mask_paths[:limit], scan.histograms[:limit], scan.sizes[:limit], scan.seconds)
+        hists[split] = decode_histograms(ds, scan)
+        sizes[split] = scan.sizes
+        check_masks[split] = len(scan.mask_paths)
+        info = info or ds.info
+    if info is None:
+        raise ValueError("check_segmentation_data: no splits given")
+    if note:
+        info = dataclasses.replace(info, encoding_note=note)
+    return DataCheck(name, info, check_masks, time.perf_counter() - t0, hists, sizes)

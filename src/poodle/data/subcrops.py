@@ -8,10 +8,11 @@ pairs and all tries at once (the release loops in Python over CUDA scalars, spec
 2. K = cfg.num distinct cells per image (uniform with replacement only if K exceeds the number of cells).
 3. Per pair: s ~ U[cfg.area]; online (h, w) of area s H W with a log-uniform aspect ratio in cfg.ratio,
    rounded as torchvision's RandomResizedCrop and clipped to the image (RandomResizedCrop would redraw instead).
-4. cfg.tries tries at once: centre (i, j) uniform integer in the cell, clamped so the online box
-   [i - h//2, i - h//2 + h) x [j - w//2, j - w//2 + w) lies inside the image (DEPARTURE: the release clamps only
-   i >= h//2, j >= w//2 and lets boxes run past the bottom/right edge into zero padding, a defect listed in spec
-   11; clamping the centre before reading the flow keeps the flow read at the true box centre);
+4. cfg.tries tries at once: centre (i, j) uniform integer in the cell, clamped (``cfg.clamp``):
+   ``inside`` (default, a DEPARTURE): so the online box [i - h//2, i - h//2 + h) x [j - w//2, j - w//2 + w) lies
+   inside the image; ``release``: only i >= h//2, j >= w//2, so online boxes may run past the bottom/right edge
+   into zero padding (spec 3.7 3b/3d, a defect listed in spec 11). The flow is read at the clamped centre, the true
+   box centre, in both modes;
    jitter = U(-1, 1) * cfg.jitter * (H, W); paired centre = round(centre + flow(centre) + jitter), accepted if
    inside the image. The first accepted try wins (argmax over a boolean).
 5. No accepted try: same-frame fallback with a fresh centre drawn in the cell, paired centre = that centre, and
@@ -20,11 +21,22 @@ pairs and all tries at once (the release loops in Python over CUDA scalars, spec
    centre; its corners are clamped to the image (the box may shrink, as in the release).
 
 Boxes are (x1, y1, x2, y2) in pixel-edge coordinates: pixel (y, x) covers [x, x+1) x [y, y+1), so a box covering
-pixels left..left+w-1 is (left, ., left + w, .). :func:`crop_and_resize` resamples every box in one
-``torchvision.ops.roi_align`` call with ``aligned=True``: with ``sampling_ratio=1`` one bilinear sample per output
-pixel at (x1 + (k + 0.5) (x2 - x1) / size) - 0.5 in pixel-centre coordinates, which is exactly
-``F.interpolate(crop, size, mode="bilinear", align_corners=False)`` of the box (no antialiasing; a larger
-sampling_ratio averages several samples per output pixel, a box-filter antialias).
+pixels left..left+w-1 is (left, ., left + w, .).
+
+:func:`crop_and_resize` resamples every box at once, two ways (``mode``, config ``subcrops.crop_mode``):
+
+- ``resized_crop`` (default): what the release does per box, ``torchvision.transforms.v2.functional.resized_crop(
+  img, top, left, h, w, size, BILINEAR, antialias=True)``, to float rounding. Per box, separable weight matrices
+  Wy (out_h, H) and Wx (out_w, W) reproduce torch's antialiased bilinear kernel (``_upsample_bilinear2d_aa``)
+  restricted to the box: for output i, scale = n / out (n the box side), centre = scale (i + 0.5), support =
+  max(scale, 1), taps c in [max(floor(centre - support + 0.5), 0), min(floor(centre + support + 0.5), n)) with
+  triangle weights 1 - |c + 0.5 - centre| / support normalised by their sum (for upsampling this is plain bilinear
+  clamped at the box edge; for shrinking, a triangle filter as wide as the scale). Taps that fall outside the
+  image keep their share of the normaliser but have no column: F.crop's zero padding. Then out = Wy img Wx^T.
+  Boxes are rounded to integers (the release's are); a box that misses the image or has no area gives zeros.
+- ``roi_align``: one ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)`` call, one bilinear sample per
+  output pixel at x1 + (k + 0.5) (x2 - x1) / size - 0.5. Cheaper, but no antialias when shrinking, and when
+  upsampling the outermost samples blend in the pixel just outside the box (resize clamps to the box edge).
 """
 
 from __future__ import annotations
@@ -39,7 +51,17 @@ from torchvision.ops import roi_align
 from poodle.config import SubcropConfig
 from poodle.data.augment import rand
 
-__all__ = ["SubcropBoxes", "crop_and_resize", "crop_pairs", "flow_aware_subcrops", "grid_shape", "pair_sources"]
+__all__ = [
+    "CROP_MODES",
+    "SubcropBoxes",
+    "crop_and_resize",
+    "crop_flops",
+    "crop_pairs",
+    "flow_aware_subcrops",
+    "grid_shape",
+    "pair_sources",
+    "resize_weights",
+]
 
 
 @dataclass
@@ -80,6 +102,8 @@ def flow_aware_subcrops(flow: Tensor, cfg: SubcropConfig, generator: torch.Gener
     """
     if flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"flow must have shape (B, 2, H, W), got {tuple(flow.shape)}")
+    if cfg.clamp not in ("inside", "release"):
+        raise ValueError(f"subcrops.clamp {cfg.clamp!r}: choose inside or release")
     b, _, h, w = flow.shape
     dev = flow.device
     k, tries = cfg.num, cfg.tries
@@ -105,9 +129,13 @@ def flow_aware_subcrops(flow: Tensor, cfg: SubcropConfig, generator: torch.Gener
     u = rand((b, k, tries + 1, 2), dev, generator)
     ci = top[..., None] + torch.minimum((u[..., 0] * cell_h[..., None]).long(), cell_h[..., None] - 1)
     cj = left[..., None] + torch.minimum((u[..., 1] * cell_w[..., None]).long(), cell_w[..., None] - 1)
-    # Keep the whole online box inside the image (the release's lower clamp, plus the missing upper one).
-    ci = ci.clamp(min=(oh // 2)[..., None], max=(h - oh + oh // 2)[..., None])
-    cj = cj.clamp(min=(ow // 2)[..., None], max=(w - ow + ow // 2)[..., None])
+    # The release's lower clamp; "inside" adds the missing upper one so the online box stays in the image.
+    if cfg.clamp == "release":
+        ci = torch.maximum(ci, (oh // 2)[..., None])
+        cj = torch.maximum(cj, (ow // 2)[..., None])
+    else:
+        ci = ci.clamp(min=(oh // 2)[..., None], max=(h - oh + oh // 2)[..., None])
+        cj = cj.clamp(min=(ow // 2)[..., None], max=(w - ow + ow // 2)[..., None])
 
     ti, tj = ci[..., :tries], cj[..., :tries]
     index = (ti * w + tj).reshape(b, 1, k * tries).expand(b, 2, k * tries)
@@ -147,31 +175,109 @@ def flow_aware_subcrops(flow: Tensor, cfg: SubcropConfig, generator: torch.Gener
     )
 
 
+CROP_MODES = ("resized_crop", "roi_align")
+
+
+def resize_weights(start: Tensor, length: Tensor, out: int, size: int) -> Tensor:
+    """(K, out, size) float32 weights resampling the pixel range [start, start + length) of an axis of ``size``
+    pixels to ``out`` samples as torch's antialiased bilinear ``interpolate`` resizes the cut-out range.
+
+    ``start``/``length`` (K,) are integer-valued. Taps outside [0, size) get no column (zero padding, as
+    ``F.crop`` pads) but count in the normaliser; a box of length <= 0 gives zero weights.
+    """
+    n = length.float().clamp_min(0.0)
+    scale = n / out
+    support = scale.clamp_min(1.0)
+    centre = scale[:, None] * (torch.arange(out, device=n.device, dtype=torch.float32) + 0.5)  # (K, out)
+    lo = torch.floor(centre - support[:, None] + 0.5).clamp_min(0.0)
+    hi = torch.minimum(torch.floor(centre + support[:, None] + 0.5), n[:, None])
+    # Tap c sits at c + 0.5 - centre = c - x0 from the sample; its weight is (support - |c - x0|)+, normalised
+    # by the sum over the taps in [lo, hi), all of which lie within the support.
+    x0 = centre - 0.5
+    c = torch.arange(size, device=n.device, dtype=torch.float32) - start.float()[:, None]  # (K, size)
+    # The clamp at 0 is the [lo, hi) range except at the box's ends: pixels outside the box get an infinite distance.
+    c = torch.where((c >= 0) & (c < n[:, None]), c, torch.inf)
+    w = (c[:, None, :] - x0[..., None]).abs_().neg_().add_(support[:, None, None]).clamp_min_(0.0)  # in place: big
+    # Where a tap falls outside the image (zero padding) it has no column but counts in the normaliser: there the
+    # sum is taken in closed form, count * support - sum |c - x0| over the taps left and right of x0. Elsewhere
+    # the row sum, so that a lone tap gets weight exactly 1 as in torch (exact copies keep max-pool ties).
+    m = torch.floor(x0)
+    last_left = torch.minimum(m, hi - 1.0)
+    n_left = (last_left - lo + 1.0).clamp_min(0.0)
+    first_right = torch.maximum(m + 1.0, lo)
+    n_right = (hi - first_right).clamp_min(0.0)
+    dist = n_left * (x0 - (lo + last_left) / 2) + n_right * ((first_right + hi - 1.0) / 2 - x0)
+    padded = (start.float()[:, None] + lo < 0) | (start.float()[:, None] + hi > size)
+    total = torch.where(padded, (n_left + n_right) * support[:, None] - dist, w.sum(-1))
+    return w.div_(torch.where(total > 0, total, 1.0)[..., None])
+
+
+def _horizontal_first(h: int, w: int, oh: int, ow: int) -> bool:
+    # Dense weight matrices, so the first product runs over the whole image: take the order with fewer
+    # multiply-adds (horizontal first unless the image is much taller than wide), decided from static shapes.
+    return h * w * ow + oh * h * ow <= oh * h * w + oh * w * ow
+
+
+def crop_flops(crops: int, channels: int, hw: tuple[int, int], size: int | tuple[int, int], mode: str) -> float:
+    """Matmul FLOPs (2 x multiply-adds, FlopCounterMode's convention) of cutting ``crops`` crops from images of
+    ``hw``: the two weight products of ``resized_crop``; 0 for ``roi_align`` (no matmul)."""
+    if mode == "roi_align":
+        return 0.0
+    (h, w), (oh, ow) = hw, ((size, size) if isinstance(size, int) else size)
+    macs = h * w * ow + oh * h * ow if _horizontal_first(h, w, oh, ow) else oh * h * w + oh * w * ow
+    return 2.0 * crops * channels * macs
+
+
+def _resized_crops(images: Tensor, boxes: Tensor, index: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    # images (N, C, H, W) float32, boxes (K, 4), index (K,) -> (K, C, out_h, out_w)
+    h, w = images.shape[-2:]
+    oh, ow = out_hw
+    x1, y1, x2, y2 = boxes.round().unbind(-1)
+    wy = resize_weights(y1, y2 - y1, oh, h)  # (K, oh, H)
+    wx = resize_weights(x1, x2 - x1, ow, w)  # (K, ow, W)
+    src = images.index_select(0, index)  # (K, C, H, W)
+    if _horizontal_first(h, w, oh, ow):
+        tmp = torch.einsum("kchw,kxw->kchx", src, wx)
+        return torch.einsum("kyh,kchx->kcyx", wy, tmp)
+    tmp = torch.einsum("kyh,kchw->kcyw", wy, src)
+    return torch.einsum("kcyw,kxw->kcyx", tmp, wx)
+
+
 def crop_and_resize(
     images: Tensor,
     boxes: Tensor,
     size: int | tuple[int, int],
     image_index: Tensor | None = None,
+    mode: str = "resized_crop",
     sampling_ratio: int = 1,
 ) -> Tensor:
-    """Cut boxes (B, K, 4) (x1, y1, x2, y2, pixel edges) and resize each to ``size`` in one ``roi_align``.
+    """Cut boxes (B, K, 4) (x1, y1, x2, y2, pixel edges) and resize each to ``size``, all in one batched call.
 
     ``image_index`` (B, K) long picks the image of ``images`` (N, C, H, W) for each box (default: box row b
-    from image b). Returns (B*K, C, size, size) in ``images``' dtype; sampling is done in float32 (box
-    coordinates in bf16 would be off by pixels). With ``sampling_ratio=1`` it is an exact bilinear resize.
+    from image b). Returns (B*K, C, size, size) in ``images``' dtype (uint8 rounded); sampling is done in float32
+    (box coordinates in bf16 would be off by pixels), outside autocast. ``mode``: ``resized_crop`` (torchvision's
+    antialiased bilinear ``resized_crop`` of the integer box, zero padding past the image) or ``roi_align``
+    (``sampling_ratio`` samples per output pixel and axis); see the module docstring.
     """
     if boxes.dim() != 3 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must have shape (B, K, 4), got {tuple(boxes.shape)}")
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode {mode!r}: choose one of {', '.join(CROP_MODES)}")
     b, k = boxes.shape[:2]
     if image_index is None:
         if images.shape[0] != b:
             raise ValueError(f"{b} rows of boxes for {images.shape[0]} images: pass image_index")
         image_index = torch.arange(b, device=boxes.device).view(b, 1).expand(b, k)
     out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    rois = torch.cat((image_index.reshape(-1, 1).float(), boxes.reshape(-1, 4).float()), dim=1)
-    out = roi_align(
-        images.float(), rois, output_size=out_hw, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
-    )
+    with torch.autocast(images.device.type, enabled=False):  # bf16/TF32 weights would miss the 1e-4 match
+        if mode == "resized_crop":
+            out = _resized_crops(images.float(), boxes.reshape(-1, 4).float(), image_index.reshape(-1), out_hw)
+        else:
+            rois = torch.cat((image_index.reshape(-1, 1).float(), boxes.reshape(-1, 4).float()), dim=1)
+            out = roi_align(
+                images.float(), rois, output_size=out_hw, spatial_scale=1.0, sampling_ratio=sampling_ratio,
+                aligned=True,
+            )  # fmt: skip
     if images.is_floating_point():
         return out.to(images.dtype)
     return out.round().clamp(0, 255).to(images.dtype)
@@ -191,9 +297,10 @@ def crop_pairs(
     size: int | tuple[int, int],
     paired_frames: Tensor | None = None,
     paired_index: Tensor | None = None,
+    mode: str = "resized_crop",
     sampling_ratio: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Online and target crops (each (B*K, C, size, size)) in one ``roi_align`` call.
+    """Online and target crops (each (B*K, C, size, size)) in one :func:`crop_and_resize` call.
 
     Give either ``paired_frames`` (B, C, H, W) - the paired frame of online image b is paired_frames[b] - or
     ``paired_index`` (B,) when the paired frames are themselves rows of ``online_frames`` (PooDLe's symmetric
@@ -210,7 +317,7 @@ def crop_pairs(
     own = torch.arange(b, device=boxes.online.device).view(b, 1).expand_as(boxes.source_is_pair)
     index = torch.cat((own, pair_sources(boxes.source_is_pair, paired_index)), dim=1)
     crops = crop_and_resize(
-        images, torch.cat((boxes.online, boxes.target), dim=1), size, index, sampling_ratio=sampling_ratio
+        images, torch.cat((boxes.online, boxes.target), dim=1), size, index, mode=mode, sampling_ratio=sampling_ratio
     )
     k = boxes.num
     crops = crops.view(b, 2 * k, *crops.shape[1:])

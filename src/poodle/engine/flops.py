@@ -19,6 +19,7 @@ Step composition, for N pairs (2N images per branch: both temporal orderings, sp
     target heads     2 images x dense projector
     target subcrops  2K crops x encoder(crop)
     target p. heads  2K crops x pooled projector
+    crops            4K crops cut and resized: resized_crop's two weight matmuls (0 with subcrops.crop_mode=roi_align)
     augment          2 images x separable Gaussian blur (grouped conv; applied to all, selected per image)
     flow             not counted: the harness uses cached flow; RAFT would come on top (`flow_gflops`)
 """
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from poodle.config import Config
-from poodle.data.augment import blur_kernel_size
+from poodle.data.augment import blur_kernel_sides
+from poodle.data.subcrops import crop_flops
 
 __all__ = ["StepFlops", "encoder_gflops", "module_flops", "raft_gflops", "step_flops"]
 
@@ -103,6 +105,7 @@ class StepFlops:
     online_pooled_heads: float  # pooled projector + predictor, fwd + bwd
     target_subcrops: float  # EMA encoder on 2K subcrops, fwd
     target_pooled_heads: float  # EMA pooled projector, fwd
+    subcrop_crops: float  # cutting the 4K online + target crops (resized_crop's weight matmuls)
     augment: float  # photometric blur (grouped conv)
     flow: float = 0.0  # not counted unless given (cached flow in the harness)
 
@@ -155,7 +158,7 @@ def step_flops(cfg: Config, resolution: tuple[int, int] | None = None, flow_gflo
         pproj = pproj * 0.5
         ppred, _ = module_flops(nets.pooled_predictor, _grad(p))
         ppred = ppred * 0.5
-    kh, kw = blur_kernel_size(h, cfg.augment.blur_kernel_frac), blur_kernel_size(w, cfg.augment.blur_kernel_frac)
+    kh, kw = blur_kernel_sides(h, w, cfg.augment)  # fixed 51 x 51 for the release's FlowE
     blur = 2.0 * 3 * h * w * ((kh if kh > 1 else 0) + (kw if kw > 1 else 0)) if cfg.augment.blur_p > 0 else 0.0
     images, crops = 2, 2 * k  # per pair: both orderings
     return StepFlops(
@@ -167,6 +170,7 @@ def step_flops(cfg: Config, resolution: tuple[int, int] | None = None, flow_gflo
         online_pooled_heads=crops * (pproj + ppred).train,
         target_subcrops=crops * crop_enc.forward,
         target_pooled_heads=crops * pproj.forward,
+        subcrop_crops=crop_flops(2 * crops, 3, (h, w), s, cfg.subcrops.crop_mode) if cfg.objective.pooled else 0.0,
         augment=images * blur,
         flow=flow_gflops * 1e9,
     )

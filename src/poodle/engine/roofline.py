@@ -176,7 +176,7 @@ def dense_loss_roofline(
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from poodle.data.augment import sample_dense_geometry
-    from poodle.objective.dense import chunked_dense_loss
+    from poodle.objective.dense import chunked_dense_loss, dense_loss_options
 
     h, w = resolution or cfg.data.resolution
     o, b = cfg.objective, 2 * pairs
@@ -190,8 +190,8 @@ def dense_loss_roofline(
         geometry = [sample_dense_geometry(b, (h, w), cfg.augment, torch.device("cpu"), None) for _ in range(2)]
         mode = _RooflineMode(device)
         with mode:
-            loss, _ = chunked_dense_loss(online, target, flow, flow, geometry[0], geometry[1], o.occlusion_alpha1,
-                                         o.occlusion_alpha2, o.target_order, chunk=o.dense_chunk)  # fmt: skip
+            loss, _ = chunked_dense_loss(online, target, flow, flow, geometry[0], geometry[1],
+                                         **dense_loss_options(o))  # fmt: skip
             loss.backward()
         result.ops = dict(mode.ops)
     return result

@@ -23,6 +23,9 @@ class ReadoutConfig:
     bn: bool = True  # BatchNorm before the linear classifier (mmseg BNHead/FCNHead-style; folds into the conv)
     features: str = "auto"  # auto | sdm | layer4 (linear head input; UperNet always uses layer1..4)
     finetune: bool = False  # UperNet only: train the backbone too (linear readouts are always frozen)
+    # Recompute the frozen backbone's (and SDM's) BatchNorm running statistics on this many train images (full
+    # frames, as evaluated) before the head is trained; 0 = off, the paper's frozen protocol. See docs/evaluation.md.
+    recompute_bn: int = 0
     backbone_lr_mult: float = 0.1  # finetune: backbone lr = lr * this
     upernet_channels: int = 512
     dropout: float = 0.1  # before the classifier (UperNet; 0 for linear)
@@ -43,6 +46,7 @@ class ReadoutConfig:
     slide_crop: tuple[int, int] | None = None  # slide window (None = crop_size)
     slide_stride: tuple[int, int] | None = None  # slide stride (None = 2/3 of the window, mmseg-like)
     max_val_images: int = 0  # 0 = the whole val split
+    label_encoding: str = "auto"  # WT-Sem masks: auto (read off the train masks) | zero_based | one_based
     # ---- running
     workers: int = 4
     seed: int = 0
@@ -68,6 +72,9 @@ class ReadoutConfig:
         _in_range("dropout", self.dropout, 0.0, 1.0)
         _positive("upernet_channels", self.upernet_channels)
         _positive("backbone_lr_mult", self.backbone_lr_mult)
+        if self.recompute_bn < 0:
+            raise ConfigError(f"recompute_bn must be >= 0 (a number of train images; 0 = off), got {self.recompute_bn}")
+        _choice("label_encoding", self.label_encoding, ("auto", "zero_based", "one_based"))
         for i, side in enumerate(self.crop_size):
             _positive(f"crop_size[{i}]", side)
         _interval("scale_range", self.scale_range, 1e-3, 100.0)

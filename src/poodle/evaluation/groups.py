@@ -1,7 +1,9 @@
 """Size (Small/Large) and frequency (Rare/Common) class groups, and metrics per group (spec 6.6, decision 21).
 
-- Large if the class's average per-image pixel share is > 1 %, else Small.
+- Large if the class's mean pixel share over the images that contain it is > 1 %, else Small (Table 10's
+  "Avg Pix. % / Im.": see `poodle.data.class_stats`).
 - Common if the class is present in > 20 % of the (train) images, else Rare.
+- Both on the unrounded statistics (rounding only in reports).
 - BDD100K uses the fixed assignment of the paper's Table 10 (`BDD100K_GROUPS`); other datasets compute the groups
   from their train split with `ClassGroups.from_stats(class_statistics(...))` (`poodle stats` prints them).
 
@@ -19,10 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from poodle.data.class_stats import COMMON_THRESHOLD_PCT, LARGE_THRESHOLD_PCT, ClassStats, class_statistics
+from poodle.data.class_stats import (
+    COMMON_THRESHOLD_PCT,
+    LARGE_THRESHOLD_PCT,
+    ClassStats,
+    class_statistics,
+    class_statistics_from_histograms,
+)
 from poodle.data.classes import BDD100K_CLASSES
+from poodle.data.segmentation import LabelDecoder, SegmentationDataset, decode_histograms, read_mask, scan_masks
 from poodle.evaluation.metrics import SegMetrics
 
 GROUP_NAMES: tuple[str, ...] = ("All", "Small", "Large", "Rare", "Common")
@@ -151,17 +159,19 @@ def group_metrics(metrics: SegMetrics, groups: ClassGroups) -> dict[str, dict[st
 
 
 def read_label_file(path: str | Path) -> np.ndarray:
-    """A label PNG as its stored integer values (palette PNGs give indices, not colours); no image decode."""
-    with Image.open(path) as im:
-        return np.asarray(im)
+    """A label PNG as its stored integer values (palette PNGs give indices, not colours); no image decode. A colour
+    (RGB) or truncated file is a one-line `SegDatasetError` naming it (an RGB mask used to be counted per channel)."""
+    return read_mask(path)
 
 
 def mask_files_statistics(
     paths: Sequence[str | Path], class_names: Sequence[str], ignore_index: int = 255, reduce_zero_label: bool = False
 ) -> ClassStats:
     """`class_statistics` over label files holding class ids directly (train ids); `reduce_zero_label` maps the
-    ADE20K encoding (0 = unlabelled, 1..150 = classes) to 255 / 0..149 first."""
-    return class_statistics(_direct_maps(paths, ignore_index, reduce_zero_label), class_names, ignore_index)
+    ADE20K encoding (0 = unlabelled, 1..n = classes, 255 = ignore) to 255 / 0..n-1 / 255 first. A value that is
+    neither a class id nor the ignore index is an error naming the file."""
+    return class_statistics(_direct_maps(paths, len(class_names), ignore_index, reduce_zero_label), class_names,
+                            ignore_index)  # fmt: skip
 
 
 def label_maps(
@@ -186,13 +196,14 @@ def label_maps(
         maps = (decoders[i](read_label_file(paths[i]), paths[i]) for i in range(n))
     elif len(paths) == n:
         reduce = bool(getattr(info, "reduce_zero_label", False))
+        classes = len(info.classes)
         try:
-            first = next(iter(_direct_maps(paths[:1], ignore, reduce)))
+            first = next(iter(_direct_maps(paths[:1], classes, ignore, reduce)))
             ok = np.array_equal(first, np.asarray(dataset[0]["mask"]))
         except (OSError, ValueError):
             ok = False
         if ok:
-            maps = _direct_maps(paths, ignore, reduce)
+            maps = _direct_maps(paths, classes, ignore, reduce)
     if maps is None:
         maps = (np.asarray(dataset[i]["mask"]) for i in range(n))
     for i, m in enumerate(maps):
@@ -202,24 +213,31 @@ def label_maps(
 
 
 def dataset_statistics(
-    dataset: Any, limit: int | None = None, progress: Callable[[int, int], None] | None = None
+    dataset: Any, limit: int | None = None, progress: Callable[[int, int], None] | None = None, workers: int = 0
 ) -> ClassStats:
     """Class statistics of a segmentation dataset (`build_segmentation_dataset` API: `.info.classes`,
-    `.info.ignore_index`, items with "mask"), over its first `limit` samples (all by default); see `label_maps`."""
+    `.info.ignore_index`, items with "mask"), over its first `limit` samples (all by default).
+
+    A `SegmentationDataset` goes through the readout's mask check (`scan_masks`: label files only, every mask
+    checked for decoding, its image's size and its values, one-line errors naming the file); anything else
+    through `label_maps`."""
     if len(dataset) == 0 or limit == 0:
         raise ValueError("the dataset is empty")
     info = dataset.info
-    return class_statistics(
-        label_maps(dataset, limit, progress), tuple(info.classes), int(getattr(info, "ignore_index", 255))
+    classes, ignore = tuple(info.classes), int(getattr(info, "ignore_index", 255))
+    if isinstance(dataset, SegmentationDataset):
+        scan = scan_masks(dataset, limit, workers, progress or False)
+        return class_statistics_from_histograms(decode_histograms(dataset, scan), scan.sizes, classes, ignore)
+    return class_statistics(label_maps(dataset, limit, progress), classes, ignore)
+
+
+def _direct_maps(
+    paths: Sequence[str | Path], num_classes: int, ignore_index: int, reduce_zero_label: bool
+) -> Iterator[np.ndarray]:
+    # The datasets' own decoders: 255 stays ignore under reduce_zero_label (a plain "- 1" made it 254, a class id
+    # of nothing), and out-of-range values are refused by name rather than silently not counted.
+    decoder = (LabelDecoder.reduce_zero_label if reduce_zero_label else LabelDecoder.identity)(
+        num_classes, ignore_index
     )
-
-
-def _direct_maps(paths: Sequence[str | Path], ignore_index: int, reduce_zero_label: bool) -> Iterator[np.ndarray]:
     for p in paths:
-        lab = read_label_file(p)
-        if lab.ndim != 2:
-            raise ValueError(f"{p}: not a single-channel label file")
-        if reduce_zero_label:
-            lab = lab.astype(np.int64) - 1
-            lab[lab < 0] = ignore_index
-        yield lab
+        yield decoder(read_label_file(p), p)

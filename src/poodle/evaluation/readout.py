@@ -100,30 +100,142 @@ def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return normalize(images.to(device, non_blocking=True).float().div_(255.0))
 
 
-def _class_groups(dataset_name: str, train_ds, out_dir: Path, info: DistInfo):
-    """BDD100K: Table 10's fixed groups. Others: groups from train-split statistics, cached in class_stats.json."""
-    from poodle.data.class_stats import class_statistics
+def _check_data(dataset_name: str, data_root, cfg: ReadoutConfig, out_dir: Path, info: DistInfo, progress: bool):
+    """Every train and val mask read once before any training (`check_segmentation_data`): a bad mask is one line
+    naming the file now, not a DataLoader traceback after all readout training. Also resolves WT-Sem's label
+    encoding and computes the class groups (Table 10 for BDD100K, else from the train masks' histograms).
+
+    Rank 0 reads, the other ranks get its verdict by broadcast (so all of them fail, with the same line, or none).
+    Returns (data-check dict for results.json, label encoding to build the datasets with, ClassGroups)."""
+    import torch.distributed as dist
+
+    from poodle.data.class_stats import class_statistics_from_histograms
+    from poodle.data.segmentation import SegDatasetError, check_segmentation_data
     from poodle.evaluation.groups import ClassGroups, groups_for_dataset
 
-    classes = list(train_ds.info.classes)
-    if dataset_name == "bdd100k":
-        return groups_for_dataset(dataset_name, classes)
-    cache = out_dir / "class_stats.json"
-    if cache.is_file():
-        data = json.loads(cache.read_text())
-        if data.get("classes_order") == classes and data.get("images") == len(train_ds):
-            return ClassGroups.from_dict(data["groups_by_index"])
-    stats = class_statistics((train_ds.load(i)[1] for i in range(len(train_ds))), classes,
-                             train_ds.info.ignore_index)  # fmt: skip
-    groups = ClassGroups.from_stats(stats, classes)
+    payload: dict[str, Any] = {}
     if info.is_main:
-        # Write-then-rename: under DDP the other ranks may be checking this cache while rank 0 writes it, and a
-        # plain write_text would let them read half a file.
-        tmp = cache.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**stats.to_dict(), "classes_order": classes,
-                                   "groups_by_index": groups.to_dict()}, indent=1))  # fmt: skip
-        tmp.replace(cache)
-    return groups
+        try:
+            check = check_segmentation_data(dataset_name, data_root, ("train", "val"), cfg.label_encoding,
+                                            workers=cfg.workers, progress=progress)  # fmt: skip
+        except SegDatasetError as e:
+            payload = {"error": str(e)}
+        else:
+            print(check.summary(), flush=True)
+            classes = list(check.info.classes)
+            if dataset_name == "bdd100k":
+                groups = groups_for_dataset(dataset_name, classes)
+            else:
+                stats = class_statistics_from_histograms(check.histograms["train"], check.sizes["train"], classes,
+                                                         check.info.ignore_index)  # fmt: skip
+                groups = ClassGroups.from_stats(stats, classes)
+                # Write-then-rename: a reader never sees half a file. Recomputed every run from the scan (cheap),
+                # so a file written under an older size rule is never reused.
+                tmp = out_dir / "class_stats.json.tmp"
+                tmp.write_text(json.dumps({**stats.to_dict(), "classes_order": classes,
+                                           "groups_by_index": groups.to_dict()}, indent=1))  # fmt: skip
+                tmp.replace(out_dir / "class_stats.json")
+            payload = {"check": check.to_dict(), "encoding": check.label_encoding or "auto",
+                       "groups": groups.to_dict()}  # fmt: skip
+    if info.enabled:
+        box = [payload]
+        dist.broadcast_object_list(box, src=0)
+        payload = box[0]
+    if "error" in payload:
+        raise SegDatasetError(payload["error"])
+    return payload["check"], payload["encoding"], ClassGroups.from_dict(payload["groups"])
+
+
+@torch.no_grad()
+def recompute_bn_statistics(
+    backbone: FeatureBackbone,
+    images: Any,
+    with_sdm: bool,
+    device: torch.device,
+    info: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Precise BatchNorm statistics: reset every BN layer of `backbone` (encoder, and the SDM when `with_sdm`) to the
+    exact per-channel mean and unbiased variance of its input over all pixels of `images` (uint8 (3, H, W) tensors,
+    this rank's share), then leave the backbone as it was (eval mode when frozen). No gradient, no weight changes.
+
+    The pass runs the BN layers in train mode, so each layer normalises with the batch's statistics as in
+    precise-BN / `torch.optim.swa_utils.update_bn`; but the statistics are pooled sums (float64) of every pixel
+    rather than a cumulative average of per-batch means and variances: exact for any batch size and image size
+    (batch 1, full frames of differing sizes), the variance includes the spread of the means between images, and
+    under DDP the sums are all-reduced, so every rank gets the statistics of all ranks' images together."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    layers = [m for m in backbone.modules() if isinstance(m, _BatchNorm)]
+    acc = {m: [torch.zeros(m.num_features, dtype=torch.float64, device=device) for _ in range(3)] for m in layers}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double().transpose(0, 1).reshape(module.num_features, -1)
+        s = acc[module]
+        s[0] += x.shape[1]
+        s[1] += x.sum(dim=1)
+        s[2] += (x * x).sum(dim=1)
+
+    modes = {m: m.training for m in backbone.modules()}
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    count = 0
+    try:
+        for m in layers:
+            m.train()  # batch statistics in the forward; the running buffers are overwritten below
+        for image in images:
+            backbone(_to_input(image[None], device), with_sdm=with_sdm)
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    if not layers:
+        return {"images": count, "layers": 0}
+    flat = torch.cat([torch.cat(acc[m]) for m in layers])
+    n_images = torch.tensor([float(count)], dtype=torch.float64, device=device)
+    if info is not None and info.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(flat)
+        dist.all_reduce(n_images)
+    offset = 0
+    for m in layers:
+        c = m.num_features
+        n, s1, s2 = flat[offset : offset + c], flat[offset + c : offset + 2 * c], flat[offset + 2 * c : offset + 3 * c]
+        offset += 3 * c
+        if float(n[0]) < 2:
+            raise ReadoutError("recompute_bn: too few pixels reach a BatchNorm layer; use more images")
+        mean = s1 / n
+        var = (s2 - n * mean * mean).clamp_min(0) / (n - 1)
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked.fill_(int(n_images.item()))
+    return {"images": int(n_images.item()), "layers": len(layers)}
+
+
+def _recompute_bn(model: SegModel, cfg: ReadoutConfig, dataset_name: str, data_root, encoding: str,
+                  device: torch.device, info: DistInfo, say) -> dict[str, Any] | None:  # fmt: skip
+    """`cfg.recompute_bn` train images (a seeded choice, the same on every rank, split between the ranks), full
+    frames at the evaluation scale; None when off."""
+    if cfg.recompute_bn <= 0:
+        return None
+    from poodle.data.seg_transforms import SegEvalTransform
+    from poodle.data.segmentation import build_segmentation_dataset
+
+    ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=SegEvalTransform(cfg.eval_resize),
+                                    encoding=encoding)  # fmt: skip
+    n = min(cfg.recompute_bn, len(ds))
+    chosen = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
+    subset = torch.utils.data.Subset(ds, chosen[info.rank :: info.world_size])
+    loader = DataLoader(subset, batch_size=1, num_workers=min(cfg.workers, 2), collate_fn=_first)
+    t0 = time.perf_counter()
+    done = recompute_bn_statistics(model.backbone, (item["image"] for item in loader), model.features == "sdm",
+                                   device, info)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    say(f"recompute_bn: BatchNorm statistics of {done['layers']} backbone layers recomputed on {done['images']} "
+        f"train images in {seconds:.1f} s", flush=True)  # fmt: skip
+    return {**done, "seconds": round(seconds, 1)}
 
 
 def run_readout(
@@ -158,19 +270,22 @@ def run_readout(
         out_dir.mkdir(parents=True, exist_ok=True)
     say = print if info.is_main else (lambda *a, **k: None)
 
-    # ---- data
+    # ---- data: every mask checked before anything is trained
+    data_check, encoding, groups = _check_data(dataset_name, data_root, cfg, out_dir, info, progress)
     train_tf = SegTrainTransform(cfg.crop_size, cfg.scale_range, base_size=cfg.base_size, hflip=True, seed=cfg.seed)
-    train_ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=train_tf)
-    val_ds = build_segmentation_dataset(dataset_name, data_root, "val", transform=SegEvalTransform(cfg.eval_resize))
+    train_ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=train_tf, encoding=encoding)
+    val_ds = build_segmentation_dataset(dataset_name, data_root, "val", transform=SegEvalTransform(cfg.eval_resize),
+                                        encoding=encoding)  # fmt: skip
     ds_info = train_ds.info
     classes, ignore = list(ds_info.classes), ds_info.ignore_index
     if len(train_ds) < per_rank * info.world_size:
         raise ReadoutError(f"the train split has {len(train_ds)} images, fewer than one batch of {cfg.batch_size}")
-    groups = _class_groups(dataset_name, train_ds, out_dir, info)
 
     # ---- model
     torch.manual_seed(cfg.seed)  # the random ("Scratch") backbone and the head init are reproducible
     model = build_model(str(backbone_spec), cfg, len(classes), arch).to(device)
+    # Before SyncBatchNorm conversion and DDP: the statistics are set once, then the backbone stays frozen.
+    bn_info = _recompute_bn(model, cfg, dataset_name, data_root, encoding, device, info, say)
     if info.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     head_params = [p for p in model.head.parameters() if p.requires_grad]
@@ -277,6 +392,8 @@ def run_readout(
                            method=method, steps=total_steps, groups=groups, config=cfg.to_dict(),
                            ignore_index=ignore)  # fmt: skip
     results["train_loss"] = last_loss
+    results["data_check"] = data_check
+    results["recompute_bn"] = bn_info or {"images": 0}
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     results["train_seconds"] = round(train_seconds, 1)
     if info.is_main:

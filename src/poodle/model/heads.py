@@ -12,11 +12,15 @@ from torch import nn
 
 
 class ConvMLP(nn.Sequential):
-    """Conv1x1(bias) -> BN2d -> ReLU -> Conv1x1(bias); no norm/activation on the output (as the release)."""
+    """Conv1x1(bias) -> BN2d -> ReLU -> Conv1x1(bias); no norm/activation on the output (as the release).
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+    ``bias=False`` drops the first conv's bias, as the release's FlowE heads do (``model.head_bias``). The BN right
+    after it subtracts the batch mean, so in train mode the output does not depend on that bias.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, bias: bool = True) -> None:
         super().__init__(
-            nn.Conv2d(in_dim, hidden_dim, kernel_size=1, bias=True),
+            nn.Conv2d(in_dim, hidden_dim, kernel_size=1, bias=bias),
             nn.BatchNorm2d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden_dim, out_dim, kernel_size=1, bias=True),

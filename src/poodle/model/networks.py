@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from poodle.config import ModelConfig
+from poodle.model.batchnorm import running_stats_frozen
 from poodle.model.decoder import SpatialDecoder
 from poodle.model.encoder import ResNetEncoder
 from poodle.model.heads import ConvMLP
@@ -58,11 +59,11 @@ class PooDLeNetworks(nn.Module):
                 bottleneck_first=cfg.decoder_bottleneck_first,
                 reduction=cfg.decoder_reduction,
             )
-            self.dense_projector = ConvMLP(c4, hidden, out)
-            self.dense_predictor = ConvMLP(out, hidden, out)
+            self.dense_projector = ConvMLP(c4, hidden, out, bias=cfg.head_bias)
+            self.dense_predictor = ConvMLP(out, hidden, out, bias=cfg.head_bias)
         if pooled:
-            self.pooled_projector = ConvMLP(c4, hidden, out)
-            self.pooled_predictor = ConvMLP(out, hidden, out)
+            self.pooled_projector = ConvMLP(c4, hidden, out, bias=cfg.head_bias)
+            self.pooled_predictor = ConvMLP(out, hidden, out, bias=cfg.head_bias)
 
         # Target = exact copy at init (spec 2.5), frozen for autograd; updated only by update_target.
         copied = [name for name in TARGET_MODULES if getattr(self, name) is not None]
@@ -85,17 +86,26 @@ class PooDLeNetworks(nn.Module):
         t = self.target
         return t["dense_projector"](t["decoder"](t["encoder"](x)))
 
-    def online_pooled(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, 3, h, w) subcrops -> (N, proj_out_dim): pooled layer4 -> projector -> predictor."""
+    def online_pooled(self, crops: torch.Tensor, update_bn_stats: bool = True) -> torch.Tensor:
+        """(N, 3, h, w) subcrops -> (N, proj_out_dim): pooled layer4 -> projector -> predictor.
+
+        `update_bn_stats=False`: the encoder's BatchNorm layers use batch statistics as always but leave their
+        running statistics alone, so they keep describing full frames (see `poodle.model.batchnorm`). The
+        pooled heads' own BatchNorm always updates (only subcrops ever reach it).
+        """
         self._require("pooled")
-        return self.pooled_predictor(self.pooled_projector(self.encoder.forward_pooled(crops)))
+        with running_stats_frozen(self.encoder, enabled=not update_bn_stats):
+            pooled = self.encoder.forward_pooled(crops)
+        return self.pooled_predictor(self.pooled_projector(pooled))
 
     @torch.no_grad()
-    def target_pooled(self, crops: torch.Tensor) -> torch.Tensor:
+    def target_pooled(self, crops: torch.Tensor, update_bn_stats: bool = True) -> torch.Tensor:
         """(N, 3, h, w) subcrops -> (N, proj_out_dim) from the EMA encoder -> projector."""
         self._require("pooled")
         t = self.target
-        return t["pooled_projector"](t["encoder"].forward_pooled(crops))
+        with running_stats_frozen(t["encoder"], enabled=not update_bn_stats):
+            pooled = t["encoder"].forward_pooled(crops)
+        return t["pooled_projector"](pooled)
 
     # ------------------------------------------------------------------------------------------- EMA
 

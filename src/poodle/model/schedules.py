@@ -25,9 +25,11 @@ def ema_schedule(total_steps: int, base: float = 0.996, stop_step: int | None = 
 def cosine_schedule(
     base: float, final: float, total_steps: int, warmup_steps: int = 0, stop_step: int | None = None
 ) -> np.ndarray:
-    """DINO's `cosine_scheduler` on steps: linear warmup 0 -> base, then half-cosine base -> final.
+    """Linear warmup 0 -> base, then half-cosine base -> final, on steps (the release's per-iteration rule).
 
-    Warmup is `np.linspace(0, base, warmup_steps)` (ends exactly at base); the cosine covers the remaining
+    Warmup is `base * t / warmup_steps` for t < warmup_steps, as the release's `lr * epoch / warmup_epochs` on
+    the fractional epoch: the full `base` is first reached at step `warmup_steps`, where the cosine starts (DINO's
+    `np.linspace(0, base, warmup_steps)` would reach it one step early). The cosine covers the remaining
     `total_steps - warmup_steps` steps with value final + (base - final) * (1 + cos(pi * i / n)) / 2, i < n,
     so it approaches `final` at the horizon. The result has `stop_step` (default `total_steps`) entries.
     """
@@ -38,7 +40,7 @@ def cosine_schedule(
     stop = total_steps if stop_step is None else stop_step
     if not 0 <= stop <= total_steps:
         raise ValueError(f"stop_step must be in [0, total_steps={total_steps}], got {stop_step}")
-    warmup = np.linspace(0.0, base, warmup_steps)
+    warmup = base * np.arange(warmup_steps, dtype=np.float64) / max(warmup_steps, 1)
     n = total_steps - warmup_steps
     steps = np.arange(n, dtype=np.float64)
     cosine = final + 0.5 * (base - final) * (1.0 + np.cos(np.pi * steps / max(n, 1)))

@@ -5,6 +5,10 @@
 with both maps L2-normalised over channels after every spatial transform, the stride-8 head outputs upsampled
 to the input resolution before warping (to use the full-resolution flow, as FlowE does), and m the product of
 the flow in-bounds mask, the forward-backward non-occlusion mask and the affine validity masks of both branches.
+
+Every difference between this and the release's in-house FlowE loss is a keyword here and an `objective.*` value
+(`dense_loss_options`): the occlusion test, the out-of-frame mask, the warp convention, whether the target's
+valid mask follows the flow, the denominator's eps, and the target order.
 """
 
 from __future__ import annotations
@@ -14,12 +18,52 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from poodle.config import ObjectiveConfig
 from poodle.data.augment import DenseGeometry
-from poodle.data.flow import backward_warp, in_bounds_mask, occlusion_mask
+from poodle.data.flow import absolute_occlusion_mask, backward_warp, in_bounds_mask, occlusion_mask
 
 
 def upsample_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def dense_loss_options(objective: ObjectiveConfig) -> dict:
+    """The keyword arguments of `chunked_dense_loss` that `objective.*` sets, so every caller passes them all."""
+    return {
+        "alpha1": objective.occlusion_alpha1,
+        "alpha2": objective.occlusion_alpha2,
+        "order": objective.target_order,
+        "occlusion": objective.occlusion,
+        "occlusion_threshold_px": objective.occlusion_threshold_px,
+        "mask_out_of_frame": objective.mask_out_of_frame,
+        "warp_convention": objective.warp_convention,
+        "warp_target_valid": objective.warp_target_valid,
+        "eps": objective.dense_eps,
+        "chunk": objective.dense_chunk,
+    }
+
+
+def flow_mask(
+    flow: Tensor,
+    flow_back: Tensor,
+    alpha1: float = 0.1,
+    alpha2: float = 0.5,
+    occlusion: str = "ddflow",
+    occlusion_threshold_px: float = 3.54,
+    mask_out_of_frame: bool = True,
+) -> Tensor:
+    """(B, 1, H, W) bool: pixels the flow keeps, i.e. not occluded and (if `mask_out_of_frame`) landing in frame.
+
+    occlusion "ddflow": PooDLe's relative test (`occlusion_mask`); "absolute": the release's FlowE test
+    (`absolute_occlusion_mask`, |F + B'| > occlusion_threshold_px).
+    """
+    if occlusion == "ddflow":
+        keep = ~occlusion_mask(flow, flow_back, alpha1, alpha2)
+    elif occlusion == "absolute":
+        keep = ~absolute_occlusion_mask(flow, flow_back, occlusion_threshold_px)
+    else:
+        raise ValueError(f"occlusion must be 'ddflow' or 'absolute', got {occlusion!r}")
+    return keep & in_bounds_mask(flow) if mask_out_of_frame else keep
 
 
 def dense_target_and_mask(
@@ -31,40 +75,54 @@ def dense_target_and_mask(
     alpha1: float = 0.1,
     alpha2: float = 0.5,
     order: str = "unaffine_then_warp",
+    *,
+    occlusion: str = "ddflow",
+    occlusion_threshold_px: float = 3.54,
+    mask_out_of_frame: bool = True,
+    warp_convention: str = "exact",
+    warp_target_valid: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Bring the target branch's stride-8 map into the online frame's pixels and build the loss mask.
 
     target_map: (B, C, h, w) target projector output on the transformed paired frame.
     flow: (B, 2, H, W) flow online frame -> paired frame; flow_back: paired -> online (for occlusion).
     Returns (target at full resolution in online-frame coordinates, L2-normalised; mask (B, 1, H, W) float).
+    The keyword-only switches are the `objective.*` values of the same names (see `dense_loss_options`).
     """
     size = flow.shape[-2:]
     full = upsample_to(target_map.float(), size)
-    valid_target = target_geometry.valid_mask(size).float()
+    valid_target = target_geometry.valid_mask(size)
+
+    def warp(x: Tensor, padding_mode: str = "zeros") -> Tensor:
+        return backward_warp(x, flow, padding_mode=padding_mode, convention=warp_convention)
+
     if order == "unaffine_then_warp":  # decision 3: the paper's (geometrically right) order
-        full = backward_warp(target_geometry.undo(full), flow)
-    else:  # the release's order: warp in the augmented frame, then undo the affine
-        full = target_geometry.undo(backward_warp(full, flow))
-    # The target's valid region lives in paired-frame pixels: bring it along the flow too.
-    valid_target_in_online = backward_warp(valid_target, flow) > 0.999
+        full = warp(target_geometry.undo(full))
+    else:  # the release's order: unflip, warp in the affine frame, then undo the affine
+        # The flip must go before the warp: the flow lives in unflipped pixels, so warping a mirrored map moves
+        # every feature the wrong way along x (a known-answer translation test gives loss 1.37 instead of 0).
+        full = target_geometry.undo_affine(warp(target_geometry.undo_flip(full)))
+    if warp_target_valid:  # the target's valid region lives in paired-frame pixels: bring it along the flow too
+        # Border padding: where the flow leaves the frame this mask must not act as a second out-of-frame mask
+        # (that is `mask_out_of_frame`'s job); inside the frame both paddings give the same value.
+        valid_target = warp(valid_target.float(), "border") > 0.999
     mask = (
-        in_bounds_mask(flow)
-        & ~occlusion_mask(flow, flow_back, alpha1, alpha2)
-        & valid_target_in_online
+        flow_mask(flow, flow_back, alpha1, alpha2, occlusion, occlusion_threshold_px, mask_out_of_frame)
+        & valid_target
         & online_geometry.valid_mask(size)
     )
     return F.normalize(full, dim=1), mask.float()
 
 
-def dense_loss_per_image(online_full: Tensor, target_full: Tensor, mask: Tensor) -> Tensor:
-    """(B,) masked mean squared distance of unit vectors (= 2 - 2 cos) per image."""
+def dense_loss_per_image(online_full: Tensor, target_full: Tensor, mask: Tensor, eps: float = 1e-7) -> Tensor:
+    """(B,) masked mean squared distance of unit vectors (= 2 - 2 cos) per image; denominator sum(mask) + eps."""
     sq = (online_full - target_full).pow(2).sum(dim=1, keepdim=True)
-    return (sq * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1e-7)
+    return (sq * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + eps)
 
 
-def dense_loss(online_full: Tensor, target_full: Tensor, mask: Tensor) -> Tensor:
+def dense_loss(online_full: Tensor, target_full: Tensor, mask: Tensor, eps: float = 1e-7) -> Tensor:
     """L_dense: the per-image masked mean, averaged over images."""
-    return dense_loss_per_image(online_full, target_full, mask).mean()
+    return dense_loss_per_image(online_full, target_full, mask, eps).mean()
 
 
 def online_full_resolution(online_map: Tensor, online_geometry: DenseGeometry, size: tuple[int, int]) -> Tensor:
@@ -73,9 +131,11 @@ def online_full_resolution(online_map: Tensor, online_geometry: DenseGeometry, s
     return F.normalize(online_geometry.undo(full), dim=1)
 
 
-def _online_per_image_loss(online_map: Tensor, online_geometry: DenseGeometry, target_full: Tensor, mask: Tensor):
+def _online_per_image_loss(
+    online_map: Tensor, online_geometry: DenseGeometry, target_full: Tensor, mask: Tensor, eps: float = 1e-7
+):
     online_full = online_full_resolution(online_map, online_geometry, tuple(target_full.shape[-2:]))
-    return dense_loss_per_image(online_full, target_full, mask)
+    return dense_loss_per_image(online_full, target_full, mask, eps)
 
 
 def chunked_dense_loss(
@@ -89,6 +149,13 @@ def chunked_dense_loss(
     alpha2: float = 0.5,
     order: str = "unaffine_then_warp",
     chunk: int = 2,
+    *,
+    occlusion: str = "ddflow",
+    occlusion_threshold_px: float = 3.54,
+    mask_out_of_frame: bool = True,
+    warp_convention: str = "exact",
+    warp_target_valid: bool = True,
+    eps: float = 1e-7,
 ) -> tuple[Tensor, Tensor]:
     """L_dense computed `chunk` images at a time, with the full-resolution online part recomputed in backward.
 
@@ -97,7 +164,8 @@ def chunked_dense_loss(
     Here only the stride-8 online map is saved (`torch.utils.checkpoint`), and the target side, which needs no
     gradient, is materialised for one chunk at a time. The loop runs over ceil(2N / chunk) fixed-size chunks,
     not over samples, and reads nothing back to the host. Returns (L_dense, mean mask fraction).
-    `chunk <= 0` computes the whole batch at once (same value).
+    `chunk <= 0` computes the whole batch at once (same value). The keyword-only switches are those of
+    `dense_target_and_mask` plus the denominator's `eps`; `dense_loss_options(cfg.objective)` gives them all.
     """
     b = online_map.shape[0]
     step = b if chunk <= 0 else chunk
@@ -107,7 +175,9 @@ def chunked_dense_loss(
         with torch.no_grad():
             target_full, mask = dense_target_and_mask(
                 target_map[rows], flow[rows], flow_back[rows], target_geometry.rows(rows),
-                online_geometry.rows(rows), alpha1, alpha2, order,
+                online_geometry.rows(rows), alpha1, alpha2, order, occlusion=occlusion,
+                occlusion_threshold_px=occlusion_threshold_px, mask_out_of_frame=mask_out_of_frame,
+                warp_convention=warp_convention, warp_target_valid=warp_target_valid,
             )  # fmt: skip
         losses.append(
             checkpoint(
@@ -116,6 +186,7 @@ def chunked_dense_loss(
                 online_geometry.rows(rows),
                 target_full,
                 mask,
+                eps,
                 use_reentrant=False,
             )  # fmt: skip
         )

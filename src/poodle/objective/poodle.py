@@ -19,7 +19,7 @@ from poodle.config import Config
 from poodle.data.augment import photometric, sample_dense_geometry
 from poodle.data.subcrops import crop_pairs, flow_aware_subcrops
 from poodle.model import PooDLeNetworks
-from poodle.objective.dense import chunked_dense_loss
+from poodle.objective.dense import chunked_dense_loss, dense_loss_options
 from poodle.objective.pooled import pooled_loss
 
 
@@ -87,22 +87,25 @@ class PooDLeObjective(nn.Module):
             with autocast:
                 online_map = nets.online_dense(online_input)
             out["dense"], out["mask_fraction"] = chunked_dense_loss(
-                online_map, target_map, flow, flow_back, online_geo, target_geo,
-                cfg.objective.occlusion_alpha1, cfg.objective.occlusion_alpha2, cfg.objective.target_order,
-                chunk=cfg.objective.dense_chunk,
+                online_map, target_map, flow, flow_back, online_geo, target_geo, **dense_loss_options(cfg.objective)
             )  # fmt: skip
             out["dense_std"] = _feature_std(online_map)
             total = total + cfg.objective.dense_weight * out["dense"]
         if cfg.objective.pooled:
             boxes = flow_aware_subcrops(flow, cfg.subcrops, generator=generator)
             # Target crops come from the paired frame, or from the online frame itself where the flow left the
-            # image (the same-frame fallback of spec 3.7c): one batched roi_align, no Python loop, no host sync.
+            # image (the same-frame fallback of spec 3.7c): one batched call, no Python loop, no host sync.
             paired_index = (torch.arange(2 * n, device=flow.device) + n) % (2 * n)
-            online_crops, target_crops = crop_pairs(online_images, boxes, cfg.subcrops.size, paired_index=paired_index)
+            online_crops, target_crops = crop_pairs(
+                online_images, boxes, cfg.subcrops.size, paired_index=paired_index, mode=cfg.subcrops.crop_mode
+            )
+            # Subcrops leave the encoder's BN running statistics as the full-frame pass made them (the readout
+            # normalises full frames with them); a pooled-only model has no frame pass, so its subcrops update them.
+            update_bn = cfg.objective.bn_stats_from_subcrops or not cfg.objective.dense
             with torch.no_grad(), autocast:
-                target_vec = nets.target_pooled(target_crops)
+                target_vec = nets.target_pooled(target_crops, update_bn_stats=update_bn)
             with autocast:
-                online_vec = nets.online_pooled(online_crops)
+                online_vec = nets.online_pooled(online_crops, update_bn_stats=update_bn)
             out["pooled"] = pooled_loss(online_vec, target_vec)
             out["pooled_std"] = _feature_std(online_vec)
             out["subcrop_fallback_fraction"] = (~boxes.source_is_pair).float().mean()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from poodle.config import DataConfig
+from poodle.data.pairs import draw_start
 from poodle.data.synthdrive.dataset import INDEX_BASE, PRESETS
 from poodle.data.synthdrive.sequence import SynthDriveError, SynthDriveSequence
 
@@ -79,7 +80,7 @@ class SynthDrivePairs(torch.utils.data.Dataset):
             ch, cw = self.cfg.canvas
             rh, rw = max(h, _mult8(ch * s)), max(w, _mult8(cw * s))
             dt = int(rng.integers(lo, hi + 1))
-            t = int(rng.integers(0, self.num_frames - dt))
+            t = draw_start(rng, self.num_frames, dt, hi, self.cfg.start_range)
             top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
             out.append({
                 "video": video, "index": self.index_base + video, "t_a": t, "t_b": t + dt, "scale": float(s),
