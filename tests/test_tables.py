@@ -227,3 +227,15 @@ def test_stats_cli_states_the_wtsem_encoding(tmp_path, capsys):
     assert json.loads(out.read_text())["data_check"]["label_encoding"]["encoding"] == "zero_based"
     assert cli_main(["stats", "--dataset", "wtsem", "--data", str(root), "--encoding", "one_based"]) == 0
     assert "auto-detection would choose zero_based" in capsys.readouterr().out
+
+
+def test_analyze_subcrops_refuses_a_truncated_mask_in_one_line(tmp_path, capsys):
+    maps = [np.random.default_rng(i).integers(0, 2, (40, 40)).astype(np.uint8) for i in range(3)]
+    _write_folder_dataset(tmp_path / "ds", maps)
+    mask = tmp_path / "ds" / "masks" / "train" / "1.png"
+    mask.write_bytes(mask.read_bytes()[:30])
+    capsys.readouterr()
+    args = ["analyze", "subcrops", "--dataset", "folder", "--data", str(tmp_path / "ds"), "--subcrops", "8"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1.png" in err

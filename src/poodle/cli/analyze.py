@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -132,6 +133,13 @@ def run_subcrops(args: argparse.Namespace) -> int:
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     if n == 0:
         raise UserError("the dataset is empty")
+    from poodle.data.segmentation import check_segmentation_data
+
+    try:  # the readout's mask check first: a bad file is one line naming it, before any analysis
+        check_segmentation_data(args.dataset, str(root), (args.split,), getattr(args, "encoding", "auto"),
+                                progress=sys.stderr.isatty(), limit=n)  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
     t0 = time.perf_counter()
     result = subcrop_hit_analysis(
         label_maps(ds, n, print_progress),
