@@ -264,3 +264,20 @@ def test_readout_recompute_bn_option(tmp_path, monkeypatch, recompute):
         assert not any(changed) and saved["recompute_bn"] == {"images": 0}
     else:
         assert all(changed) and saved["recompute_bn"]["images"] == 3 and res["recompute_bn"]["layers"] == len(layers)
+
+
+def test_recompute_bn_statistics_from_batches():
+    """Batches count their images; the first BN layer (nothing normalised above it) gets the same statistics from one
+    batch as from the images one by one, a deeper one differs (the layers above used the batch's statistics)."""
+    from poodle.evaluation.readout import recompute_bn_statistics
+
+    images = [img[:, :32, :64] for img in BN_IMAGES]  # one size, so they stack into a batch
+    single, batched = _poodle_like_backbone(), _poodle_like_backbone()
+    batched.load_state_dict(single.state_dict())
+    recompute_bn_statistics(single, images, with_sdm=True, device=torch.device("cpu"))
+    done = recompute_bn_statistics(batched, [torch.stack(images)], with_sdm=True, device=torch.device("cpu"))
+    assert done["images"] == len(images)
+    a, b = single.encoder, batched.encoder
+    assert torch.allclose(a.bn1.running_mean, b.bn1.running_mean, atol=1e-5)
+    assert torch.allclose(a.bn1.running_var, b.bn1.running_var, rtol=1e-5)
+    assert not torch.allclose(a.layer1[0].bn1.running_var, b.layer1[0].bn1.running_var, rtol=1e-3)

@@ -23,8 +23,9 @@ class ReadoutConfig:
     bn: bool = True  # BatchNorm before the linear classifier (mmseg BNHead/FCNHead-style; folds into the conv)
     features: str = "auto"  # auto | sdm | layer4 (linear head input; UperNet always uses layer1..4)
     finetune: bool = False  # UperNet only: train the backbone too (linear readouts are always frozen)
-    # Recompute the frozen backbone's (and SDM's) BatchNorm running statistics on this many train images (full
-    # frames, as evaluated) before the head is trained; 0 = off, the paper's frozen protocol. See docs/evaluation.md.
+    # Recompute the frozen backbone's (and SDM's) BatchNorm running statistics on this many train images (the head's
+    # training crops, in batches) before the head is trained; 0 = off, the paper's frozen protocol. See
+    # docs/evaluation.md.
     recompute_bn: int = 0
     backbone_lr_mult: float = 0.1  # finetune: backbone lr = lr * this
     upernet_channels: int = 512

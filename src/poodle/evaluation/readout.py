@@ -155,8 +155,10 @@ def recompute_bn_statistics(
     info: DistInfo | None = None,
 ) -> dict[str, Any]:
     """Precise BatchNorm statistics: reset every BN layer of `backbone` (encoder, and the SDM when `with_sdm`) to the
-    exact per-channel mean and unbiased variance of its input over all pixels of `images` (uint8 (3, H, W) tensors,
-    this rank's share), then leave the backbone as it was (eval mode when frozen). No gradient, no weight changes.
+    exact per-channel mean and unbiased variance of its input over all pixels of `images` (uint8 (3, H, W) images or
+    (B, 3, H, W) batches, this rank's share), then leave the backbone as it was (eval mode when frozen). No gradient,
+    no weight changes. Batches matter: each layer's input is computed with the layers above normalised by the
+    batch's statistics, and a batch of one normalises every image by itself (see `_recompute_bn`).
 
     The pass runs the BN layers in train mode, so each layer normalises with the batch's statistics as in
     precise-BN / `torch.optim.swa_utils.update_bn`; but the statistics are pooled sums (float64) of every pixel
@@ -182,8 +184,9 @@ def recompute_bn_statistics(
         for m in layers:
             m.train()  # batch statistics in the forward; the running buffers are overwritten below
         for image in images:
-            backbone(_to_input(image[None], device), with_sdm=with_sdm)
-            count += 1
+            batch = image if image.dim() == 4 else image[None]
+            backbone(_to_input(batch, device), with_sdm=with_sdm)
+            count += batch.shape[0]
     finally:
         for h in handles:
             h.remove()
@@ -216,26 +219,32 @@ def recompute_bn_statistics(
 
 def _recompute_bn(model: SegModel, cfg: ReadoutConfig, dataset_name: str, data_root, encoding: str,
                   device: torch.device, info: DistInfo, say) -> dict[str, Any] | None:  # fmt: skip
-    """`cfg.recompute_bn` train images (a seeded choice, the same on every rank, split between the ranks), full
-    frames at the evaluation scale; None when off."""
+    """`cfg.recompute_bn` train images (a seeded choice, the same on every rank, split between the ranks) as the
+    head's training crops (`SegTrainTransform`, seeded apart from training), in batches of the readout's per-rank
+    batch size, as precise-BN does; None when off.
+
+    Why crops in batches and not whole frames one at a time: with one image per batch every layer above normalises
+    each image by itself, and the deeper layers' statistics then describe inputs the readout never sees (it scored
+    lower on the SynthDrive study's PooDLe; docs/evaluation.md)."""
     if cfg.recompute_bn <= 0:
         return None
-    from poodle.data.seg_transforms import SegEvalTransform
+    from poodle.data.seg_transforms import SegTrainTransform, collate_segmentation
     from poodle.data.segmentation import build_segmentation_dataset
 
-    ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=SegEvalTransform(cfg.eval_resize),
-                                    encoding=encoding)  # fmt: skip
+    tf = SegTrainTransform(cfg.crop_size, cfg.scale_range, base_size=cfg.base_size, hflip=True, seed=cfg.seed + 7919)
+    ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=tf, encoding=encoding)
     n = min(cfg.recompute_bn, len(ds))
     chosen = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
     subset = torch.utils.data.Subset(ds, chosen[info.rank :: info.world_size])
-    loader = DataLoader(subset, batch_size=1, num_workers=min(cfg.workers, 2), collate_fn=_first)
+    per_rank = max(1, cfg.batch_size // info.world_size)
+    loader = DataLoader(subset, batch_size=per_rank, num_workers=min(cfg.workers, 2), collate_fn=collate_segmentation)
     t0 = time.perf_counter()
-    done = recompute_bn_statistics(model.backbone, (item["image"] for item in loader), model.features == "sdm",
-                                   device, info)  # fmt: skip
+    done = recompute_bn_statistics(model.backbone, (b["image"] for b in loader), model.features == "sdm", device,
+                                   info)  # fmt: skip
     seconds = time.perf_counter() - t0
     say(f"recompute_bn: BatchNorm statistics of {done['layers']} backbone layers recomputed on {done['images']} "
-        f"train images in {seconds:.1f} s", flush=True)  # fmt: skip
-    return {**done, "seconds": round(seconds, 1)}
+        f"train crops (batches of {per_rank}) in {seconds:.1f} s", flush=True)  # fmt: skip
+    return {**done, "batch": per_rank, "seconds": round(seconds, 1)}
 
 
 def run_readout(
