@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
-from pathlib import Path
 
 from poodle.cli import UserError
 
@@ -33,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from poodle.config import load_config
     from poodle.data.synthdrive import generate_dataset
+    from poodle.engine.output_dir import OutputDirError, claim_output_dir
     from poodle.engine.pair_sources import build_pair_source
     from poodle.engine.train import pretrain
     from poodle.evaluation.config import load_readout_config
@@ -42,12 +41,10 @@ def run(args: argparse.Namespace) -> int:
     plan = dict(QUICK if args.quick else FULL)
     if args.no_scratch:
         plan["scratch"] = False
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # --overwrite replaces only a folder an earlier `poodle demo` made (its marker file), never anything else
+        out = claim_output_dir(args.out, "demo", overwrite=args.overwrite)
+    except OutputDirError as e:
+        raise UserError(str(e)) from e
     t0 = time.perf_counter()
     stages = 4 if plan["scratch"] else 3
 
