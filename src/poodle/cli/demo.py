@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from poodle.cli import UserError
@@ -73,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
           flush=True)  # fmt: skip
     source, flow = build_pair_source(cfg)
     summary = pretrain(cfg, out / "pretrain", source, flow, stop_step=steps, resume=False)
+    if summary.get("interrupted") is not None:  # Ctrl-C / SIGTERM: no readout tables for an unfinished model
+        print(f"poodle demo: interrupted during pretraining at step {summary['step']} of {steps} (saved in "
+              f"{out / 'pretrain'}); no readout was run. Run `poodle demo --out {out} --overwrite` to start over.",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 130
     loss = summary.get("loss", float("nan"))
     print(f"      done at {elapsed()}: step {summary['step']}, loss {loss:.4f}", flush=True)
 

@@ -20,6 +20,7 @@ class MetricsLog:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        _drop_records_after(run_dir / "metrics.jsonl", start_step)
         self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - lives for the run
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -62,3 +63,24 @@ def _plain(v: Any) -> Any:
     if hasattr(v, "item"):
         return v.item()
     return v
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Resuming at `step` (e.g. from an older checkpoint after a crash): the records of later steps describe a
+    trajectory that no longer exists and would appear twice in every curve, so drop them, and a line torn by a
+    crash mid-write with them. The file is replaced atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # torn or foreign line
+        if record_step <= step:
+            kept.append(line + "\n")
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,25 +97,46 @@ def check_resumable(saved: dict[str, Any], cfg: Config, run_dir: Path) -> None:
 
 
 class _StopRequest:
-    """SIGTERM / SIGUSR1 (preemption, SLURM's pre-kill signal) ask the loop to checkpoint and exit cleanly."""
+    """SIGTERM / SIGUSR1 (preemption, SLURM's pre-kill signal) and Ctrl-C (SIGINT) ask the loop to finish the
+    current step, checkpoint it and exit cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signal: int | None = None
+        self.announce = announce
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. inside a test runner thread): signals stay default
                 pass
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the save
         self.signal = signum
+        if signum == signal.SIGINT and self.announce:
+            print("\ninterrupted: saving after this step (Ctrl-C again to abort without saving)", file=sys.stderr,
+                  flush=True)  # fmt: skip
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the partial checkpoint files a killed write left behind (`atomic_save`'s `.<name>.*.tmp`), which
+    nothing else ever removes (up to a full checkpoint each). Only that pattern, only in the run folder."""
+    if not run_dir.is_dir():
+        return
+    for tmp in run_dir.glob(".*.pt.*.tmp"):
+        try:
+            size = tmp.stat().st_size
+            tmp.unlink()
+            print(f"removed {tmp.name} ({size / 2**20:.0f} MiB), a checkpoint write that never finished", flush=True)
+        except OSError:
+            pass
 
 
 def step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
@@ -161,6 +183,8 @@ def pretrain(
     # ---- resume
     start_step = 0
     last = run_dir / "last.pt"
+    if info.is_main:
+        _remove_stale_temporaries(run_dir)
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         check_resumable(ckpt["config"], cfg, run_dir)
@@ -187,7 +211,7 @@ def pretrain(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = MetricsLog(run_dir, info.is_main, start_step, sched.stop_step)
-    stop = _StopRequest()
+    stop = _StopRequest(announce=info.is_main)
     stop.install()
 
     def save(step: int) -> Path:
@@ -278,7 +302,9 @@ def pretrain(
     finally:
         stop.restore()
         log.close()
-    return {"step": step + 1, "checkpoint": str(last), "networks": networks, **summary}
+    # `interrupted`: the signal that stopped the run early (None when it reached its stop step), so callers that go
+    # on to evaluate (demo, study) can tell an unfinished model from a finished one.
+    return {"step": step + 1, "checkpoint": str(last), "networks": networks, "interrupted": stop.signal, **summary}
 
 
 def _complete_batch(batch: PairBatch, flow_estimator, device: torch.device) -> PairBatch:

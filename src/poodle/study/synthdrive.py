@@ -272,7 +272,11 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
             cfg = pretrain_config(job.variant, plan, shards, job.seed)
             run_dir = job.folder / "pretrain"
             source, flow = build_pair_source(cfg)
-            networks = pretrain(cfg, run_dir, source, flow, resume=True)["networks"]
+            result = pretrain(cfg, run_dir, source, flow, resume=True)
+            if result.get("interrupted") is not None:  # saved, but unfinished: never read out or recorded as done
+                raise StudyError(f"{job.variant.key}/seed{job.seed}: pretraining interrupted at step "
+                                 f"{result['step']}; its checkpoint is kept, rerun the study to continue")  # fmt: skip
+            networks = result["networks"]
             record["pretrain"] = {k: v for k, v in _last_metrics(run_dir).items() if isinstance(v, (int, float))}
             record["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
             weights, arch = str(run_dir), None
