@@ -163,7 +163,8 @@ def test_ddp_two_processes_gloo(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])  # preemption, and Ctrl-C (saves like SIGTERM)
+def test_signal_saves_and_exits_cleanly(tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "poodle", "pretrain", "--out", str(out), "--steps", "1000", *TINY]
@@ -174,10 +175,12 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
         lines.append(line)
         if line.startswith("step 1:") or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, "".join(lines) + rest
-    assert "received signal" in rest
+    assert f"received signal {int(sig)}" in rest
+    if sig == signal.SIGINT:
+        assert "saving after this step" in rest
     step = load_checkpoint(out / "last.pt")["step"]
     assert 1 <= step < 1000
 
