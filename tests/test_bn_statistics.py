@@ -10,14 +10,7 @@ from torch import nn
 from poodle.config import load_config
 from poodle.model.batchnorm import running_stats_frozen
 from poodle.objective import PairBatch, PooDLeObjective
-
-SMALL = [
-    "model.arch=resnet18",
-    "model.proj_hidden_dim=64",
-    "model.proj_out_dim=32",
-    "subcrops.size=32",
-    "data.resolution=[64,128]",
-]
+from test_objective import SMALL
 
 
 def _bn_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
