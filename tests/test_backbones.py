@@ -79,7 +79,7 @@ def test_clear_errors(tmp_path):
         load_backbone(other)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(BackboneError, match="cannot read"):
+    with pytest.raises(BackboneError, match="not a PyTorch checkpoint"):
         load_backbone(junk)
     assert infer_arch(torchvision.models.resnet34().state_dict()) == "resnet34"
 

@@ -23,14 +23,14 @@ def test_second_ctrl_c_aborts_at_once():
 
 def test_stale_checkpoint_temporaries_are_removed_and_nothing_else(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
+    _train(run, 1)
     stale = run / ".last.pt.k3j2_x.tmp"
     stale.write_bytes(b"\0" * 1000)  # what a kill -9 during atomic_save leaves behind
     notes = run / "notes.tmp"
     notes.write_text("mine")
-    _train(run, 1)
+    _train(run, 2)
     assert not stale.exists() and notes.read_text() == "mine"
-    assert load_checkpoint(run / "last.pt")["step"] == 1
+    assert load_checkpoint(run / "last.pt")["step"] == 2
 
 
 def test_metrics_past_the_resumed_step_are_dropped(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from poodle.cli import main
-from poodle.engine.output_dir import MARKER, OutputDirError, claim_output_dir, read_marker
+from poodle.output_dir import MARKER, OutputDirError, claim_output_dir, read_marker
 
 
 def _user_folder(path):

@@ -197,7 +197,7 @@ def test_writer_refuses_a_non_empty_output(synth, tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ShardError, match="not empty; pass --overwrite"):
         prepare_shards(cfg, out, 2, progress=False)
-    with pytest.raises(ShardError, match="holds no prepared shards; refusing to delete"):
+    with pytest.raises(ShardError, match="refusing to delete .*not made by poodle.*notes.txt"):
         prepare_shards(cfg, out, 2, progress=False, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
     shards = tmp_path / "shards"

@@ -124,7 +124,7 @@ def test_check_plan_refuses_foreign_folders(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("x")
-    with pytest.raises(StudyError, match="no plan.json"):
+    with pytest.raises(StudyError, match="not empty; pass --overwrite"):
         _check_plan(foreign, QUICK, overwrite=False)
     with pytest.raises(StudyError, match="refusing to delete"):
         _check_plan(foreign, QUICK, overwrite=True)

@@ -244,7 +244,7 @@ def test_refuses_non_empty_output(tmp_path):
     with pytest.raises(SynthDriveError, match="not empty"):
         generate_dataset(out, progress=False)
     # Even with overwrite, a folder that is not a SynthDrive dataset is never deleted.
-    with pytest.raises(SynthDriveError, match="not a SynthDrive dataset"):
+    with pytest.raises(SynthDriveError, match="refusing to delete .*not made by poodle.*something.txt"):
         generate_dataset(out, overwrite=True, progress=False)
     assert (out / "something.txt").read_text() == "mine"
 

@@ -204,10 +204,16 @@ class FlowConfig:
 class OptimConfig:
     """Optimiser and per-step schedules (spec 5.1, decision 11)."""
 
-    optimizer: str = "adamw"  # adamw | lars
+    optimizer: str = "adamw"  # adamw | lars | sgd
     lr: float = 5e-4
     min_lr: float = 0.0
     weight_decay: float = 0.01
+    weight_decay_end: float | None = None  # cosine weight-decay schedule to this value (DINO); None = constant
+    momentum: float = 0.9  # sgd and lars
+    clip_grad: float = 0.0  # clip each parameter's gradient norm to this (DINO's 3.0); 0 = off
+    # Weight decay on biases and normalisation parameters too (MoCo/DenseCL's plain SGD decays every parameter);
+    # false (default) exempts them, as timm's add_weight_decay, BYOL's and PixPro's LARS and DINO do.
+    decay_norm_and_bias: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
     batch_size: int = 128  # global number of pairs per step (decision 12)
@@ -217,13 +223,152 @@ class OptimConfig:
     epoch_pairs: int = 0  # pairs per epoch; 0 = one pair per video of the dataset
 
     def validate(self) -> None:
-        _choice("optim.optimizer", self.optimizer, ("adamw", "lars"))
+        _choice("optim.optimizer", self.optimizer, ("adamw", "lars", "sgd"))
+        if self.clip_grad < 0:
+            raise ConfigError(f"optim.clip_grad must be >= 0 (0 = off), got {self.clip_grad}")
         _positive("optim.lr", self.lr)
         _positive("optim.batch_size", self.batch_size)
         if self.stop_epochs > self.schedule_epochs:
             raise ConfigError(
                 f"optim.stop_epochs ({self.stop_epochs}) must be <= optim.schedule_epochs ({self.schedule_epochs})"
             )
+
+
+# ---- baseline methods (baselines-spec sections 1-4). Each section is used only when `method` names it; view sizes
+# are (H, W) because the paper trains its R50 baselines on 512 x 1024 crops of BDD100K (v3).
+
+
+@dataclass
+class ByolConfig:
+    """BYOL (baselines-spec 1): two views, online predictor regresses the EMA target's projection."""
+
+    views: str = "frames"  # frames: view 1 from frame a, view 2 from frame b of a pair; crops: both from frame a
+    crop_size: tuple[int, int] = (224, 224)  # RandomResizedCrop output (H, W)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    blur_p: tuple[float, float] = (1.0, 0.1)  # per view (BYOL's asymmetric recipe)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    hidden_dim: int = 4096
+    out_dim: int = 256
+    ema_momentum: float = 0.996  # cosine to 1
+
+    def validate(self) -> None:
+        _choice("byol.views", self.views, ("frames", "crops"))
+        _views_common("byol", self)
+
+
+@dataclass
+class DinoConfig:
+    """DINO with a ResNet-50 (baselines-spec 2): multi-crop self-distillation with centring."""
+
+    views: str = "frames"  # frames: global crop 1 (and half the locals) from frame a, the rest from frame b
+    global_size: tuple[int, int] = (224, 224)
+    global_scale: tuple[float, float] = (0.14, 1.0)  # the README's ResNet-50 command
+    local_crops: int = 8
+    local_size: tuple[int, int] = (96, 96)
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, locals
+    solarize_p: tuple[float, float, float] = (0.0, 0.2, 0.0)
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 0.0
+    # step: warmup_teacher_temp -> teacher_temp linearly per step over the warm-up epochs, then constant;
+    # epoch: DINO's per-epoch staircase (np.linspace over int(warmup_teacher_temp_epochs) epochs), exactly
+    teacher_temp_schedule: str = "step"
+    center_momentum: float = 0.9
+    freeze_last_layer_epochs: float = 1.0  # last-layer gradients dropped while step < this * steps_per_epoch
+    ema_momentum: float = 0.996  # cosine to 1
+
+    def validate(self) -> None:
+        _choice("dino.views", self.views, ("frames", "crops"))
+        if self.local_crops < 0:
+            raise ConfigError(f"dino.local_crops must be >= 0, got {self.local_crops}")
+        for name in ("global_size", "local_size"):
+            _positive(f"dino.{name}[0]", getattr(self, name)[0])
+            _positive(f"dino.{name}[1]", getattr(self, name)[1])
+        _interval("dino.global_scale", self.global_scale, 0.0, 1.0)
+        _interval("dino.local_scale", self.local_scale, 0.0, 1.0)
+        _interval("dino.crop_ratio", self.crop_ratio, 0.0, float("inf"))
+        for p in (*self.blur_p, *self.solarize_p):
+            _in_range("dino.blur_p/solarize_p", p, 0.0, 1.0)
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _positive(f"dino.{name}", getattr(self, name))
+        _choice("dino.teacher_temp_schedule", self.teacher_temp_schedule, ("step", "epoch"))
+        _in_range("dino.warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs, 0.0, float("inf"))
+        _in_range("dino.freeze_last_layer_epochs", self.freeze_last_layer_epochs, 0.0, float("inf"))
+        _in_range("dino.center_momentum", self.center_momentum, 0.0, 1.0)
+        _in_range("dino.ema_momentum", self.ema_momentum, 0.0, 1.0)
+
+
+@dataclass
+class DenseCLConfig:
+    """DenseCL (baselines-spec 3): MoCo-v2 global + dense contrastive losses with queues."""
+
+    views: str = "frames"
+    crop_size: tuple[int, int] = (224, 224)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    blur_p: tuple[float, float] = (0.5, 0.5)
+    solarize_p: tuple[float, float] = (0.0, 0.0)
+    queue_size: int = 65536
+    hidden_dim: int = 2048
+    out_dim: int = 128
+    temperature: float = 0.2
+    loss_lambda: float = 0.5  # (1 - lambda) * global + lambda * dense
+    ema_momentum: float = 0.999  # constant (MoCo), no schedule
+    shuffle_bn: bool = True  # MoCo's shuffle BN for the key encoder (across ranks under DDP)
+
+    def validate(self) -> None:
+        _choice("densecl.views", self.views, ("frames", "crops"))
+        _views_common("densecl", self)
+        _positive("densecl.queue_size", self.queue_size)
+        _positive("densecl.temperature", self.temperature)
+        _in_range("densecl.loss_lambda", self.loss_lambda, 0.0, 1.0)
+
+
+@dataclass
+class PixProConfig:
+    """PixPro (baselines-spec 4): pixel propagation module and pixel-to-propagation consistency."""
+
+    views: str = "frames"
+    crop_size: tuple[int, int] = (224, 224)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    hidden_dim: int = 4096
+    out_dim: int = 256
+    pos_ratio: float = 0.7  # positive if bin-centre distance / max bin diagonal < pos_ratio
+    gamma: float = 2.0  # sharpness of the propagation similarity (pixpro-p)
+    clamp: float = 0.0  # similarities below are set to it before the power
+    transform_layers: int = 1  # value transform g: 0 (identity), 1 (1x1 conv) or 2 (conv-BN-ReLU-conv)
+    ema_momentum: float = 0.99  # cosine to 1
+
+    def validate(self) -> None:
+        _choice("pixpro.views", self.views, ("frames", "crops"))
+        _views_common("pixpro", self)
+        _positive("pixpro.pos_ratio", self.pos_ratio)
+        _positive("pixpro.gamma", self.gamma)
+        _choice("pixpro.transform_layers", self.transform_layers, (0, 1, 2))
+
+
+def _views_common(section: str, c: Any) -> None:
+    _positive(f"{section}.crop_size[0]", c.crop_size[0])
+    _positive(f"{section}.crop_size[1]", c.crop_size[1])
+    _interval(f"{section}.crop_scale", c.crop_scale, 0.0, 1.0)
+    _interval(f"{section}.crop_ratio", c.crop_ratio, 0.0, float("inf"))
+    for p in (*c.blur_p, *c.solarize_p):
+        _in_range(f"{section}.blur_p/solarize_p", p, 0.0, 1.0)
+    _positive(f"{section}.hidden_dim", c.hidden_dim)
+    _positive(f"{section}.out_dim", c.out_dim)
+    _in_range(f"{section}.ema_momentum", c.ema_momentum, 0.0, 1.0)
 
 
 @dataclass
@@ -238,17 +383,31 @@ class RunConfig:
     log_every: int = 10
     ckpt_every: int = 500
     keep_every: int = 0  # also keep a snapshot every N steps (0 = only last.pt)
+    # Feature collapse: a logged `*_std` spread (~1 healthy) below the threshold warns; after `collapse_patience`
+    # logged steps in a row the run stops without saving (0 = warn only).
+    collapse_threshold: float = 0.01
+    collapse_patience: int = 10
 
     def validate(self) -> None:
         _choice("run.device", self.device, ("auto", "cpu", "cuda"))
+        if not 0 <= self.collapse_threshold < 1:
+            raise ConfigError(f"run.collapse_threshold must be in [0, 1), got {self.collapse_threshold}")
+        if self.collapse_patience < 0:
+            raise ConfigError(f"run.collapse_patience must be >= 0 (0 = warn only), got {self.collapse_patience}")
         _choice("run.precision", self.precision, ("bf16", "fp32"))
         _positive("run.log_every", self.log_every)
         _positive("run.ckpt_every", self.ckpt_every)
 
 
+METHODS = ("poodle", "byol", "dino", "densecl", "pixpro")
+
+
 @dataclass
 class Config:
     name: str = "poodle_bdd100k"
+    # Which method trains: poodle (PooDLe, its ablations and FlowE: model/objective/subcrops sections), byol,
+    # dino, densecl or pixpro (their own sections; model.arch/dilated/init set the backbone for all).
+    method: str = "poodle"
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     subcrops: SubcropConfig = field(default_factory=SubcropConfig)
@@ -257,8 +416,13 @@ class Config:
     flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    byol: ByolConfig = field(default_factory=ByolConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    densecl: DenseCLConfig = field(default_factory=DenseCLConfig)
+    pixpro: PixProConfig = field(default_factory=PixProConfig)
 
     def validate(self) -> Config:
+        _choice("method", self.method, METHODS)
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):

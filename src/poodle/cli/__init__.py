@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line description). Order is the order shown by `poodle --help`.
@@ -69,21 +70,34 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_intermixed_args(argv[1:])
     args.command = command
     from poodle.config import ConfigError
+    from poodle.output_dir import OutputDirError
 
     try:
         return int(module.run(args) or 0)
     except ConfigError as e:
         print(f"poodle {args.command}: config error: {e}", file=sys.stderr)
         return 2
-    except UserError as e:
+    except (UserError, OutputDirError) as e:
         print(f"poodle {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a path under a file, ...: one line with the path and the reason
+        if os.environ.get("POODLE_DEBUG"):
+            raise
+        print(f"poodle {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         print(f"poodle {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_line(e: OSError) -> str:
+    if e.strerror is None:  # an OSError subclass raised with a message of its own
+        return str(e)
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{paths}: {e.strerror}" if paths else e.strerror + " (set POODLE_DEBUG=1 for the traceback)"
 
 
 class UserError(Exception):

@@ -16,8 +16,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.list:
-        print("\n".join(shipped_configs()))
+    if args.list:  # name, method, and the first comment line of the file
+        from importlib import resources
+
+        root = resources.files("poodle") / "configs"
+        rows = []
+        for name in shipped_configs():
+            cfg = load_config(name)
+            text = (root / f"{name}.yaml").read_text().splitlines()
+            about = next((line.lstrip("# ").strip() for line in text if line.startswith("#")), "")
+            rows.append((name, cfg.method, about))
+        width = max(len(r[0]) for r in rows)
+        for name, method, about in rows:
+            print(f"{name:<{width}}  {method:<8} {about[:100]}")
         return 0
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")

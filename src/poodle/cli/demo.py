@@ -32,12 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from poodle.config import load_config
     from poodle.data.synthdrive import generate_dataset
-    from poodle.engine.output_dir import OutputDirError, claim_output_dir
     from poodle.engine.pair_sources import build_pair_source
     from poodle.engine.train import pretrain
     from poodle.evaluation.config import load_readout_config
     from poodle.evaluation.readout import run_readout
     from poodle.evaluation.tables import table1, table3_rows
+    from poodle.output_dir import OutputDirError, claim_output_dir
 
     plan = dict(QUICK if args.quick else FULL)
     if args.no_scratch:

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from poodle.data.video import VideoInfo, probe_video
+from poodle.progress import progress_bar
 
 __all__ = [
     "VIDEO_PATTERNS",
@@ -191,7 +190,7 @@ def scan_manifest(
             to_probe.append((path, rel, st.st_size, st.st_mtime_ns))
 
     if to_probe:
-        bar = tqdm(total=len(to_probe), desc=f"probing videos in {root.name}", unit="video", disable=_no_bar(progress))
+        bar = progress_bar(len(to_probe), f"probing videos in {root.name}", "video", enabled=progress)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for entry in pool.map(lambda a: _probe_entry(*a), to_probe):
                 entries[entry["rel"]] = entry
@@ -229,10 +228,6 @@ def scan_manifest(
     if not videos:
         raise DatasetLayoutError(f"no readable video {where} {root} ({len(skipped)} unreadable: {shown}).{layout}")
     return manifest
-
-
-def _no_bar(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress  # tqdm: disable=None hides the bar when not on a TTY
 
 
 def scan_videos(

@@ -145,9 +145,16 @@ def _resolve_raft_weights(size: str, weights: str) -> Path:
 
 
 def _load_raft_state_dict(model: nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from poodle.engine.checkpoint import CheckpointError, safe_load
+
+    try:
+        state = safe_load(path, what="RAFT weights")
+    except CheckpointError as e:
+        raise FlowWeightsError(str(e)) from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FlowWeightsError(f"{path} does not hold a state dict (found a {type(state).__name__})")
     # Checkpoints saved from DataParallel/DDP wrap every key in "module.".
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:

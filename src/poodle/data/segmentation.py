@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from poodle.data.ade20k_classes import ADE20K_CLASSES, ADE20K_PALETTE
 from poodle.data.cityscapes_labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_ID_TO_TRAIN_ID
 from poodle.data.classes import BDD100K_CLASSES, BDD100K_PALETTE, IGNORE_INDEX
+from poodle.progress import progress_bar
 
 DATASET_NAMES: tuple[str, ...] = ("bdd100k", "synthdrive", "cityscapes", "ade20k", "wtsem", "folder")
 
@@ -704,9 +704,8 @@ def scan_masks(
         chunks: Any = DataLoader(items, batch_size=16, num_workers=min(workers, n), collate_fn=_as_list)
     else:
         chunks = ([items[i]] for i in range(n))
-    bar = tqdm(
-        total=n, desc=desc, unit="mask", leave=False, disable=callable(progress) or not progress or n < _PROGRESS_MIN
-    )
+    bar = progress_bar(n, desc, "mask", enabled=not callable(progress) and bool(progress) and n >= _PROGRESS_MIN,
+                       leave=False)  # fmt: skip
     done = 0
     try:
         for chunk in chunks:

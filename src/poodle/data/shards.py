@@ -54,6 +54,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from poodle.config import Config, DataConfig
+from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
+from poodle.progress import progress_bar
 
 __all__ = [
     "FLOW_LIMIT",
@@ -200,14 +202,12 @@ def _pair_source(cfg: Config, seed: int, flow_estimator, device: torch.device):
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ShardError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ShardError(f"output folder {out} is not empty; pass --overwrite (overwrite=True) to replace it")
-        if not (out / "index.json").exists() and not (out / "prepare.json").exists():
-            # --overwrite replaces a shards folder; it never deletes an unrelated folder picked by mistake.
-            raise ShardError(f"output folder {out} is not empty and holds no prepared shards; refusing to delete it")
+    try:  # --overwrite replaces a shards folder poodle wrote (its marker), never an unrelated folder
+        check_replaceable(
+            out, "shards", overwrite, legacy=("index.json", ("shard-*.tar", "index.json", "prepare.json", MARKER))
+        )
+    except OutputDirError as e:
+        raise ShardError(str(e)) from None
 
 
 def prepare_shards(
@@ -310,6 +310,7 @@ def prepare_shards(
             "config": cfg.to_dict(),
         }
         (tmp / "prepare.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_marker(tmp, "shards")
         if out.exists():  # empty, or a previous shards folder with overwrite=True (checked above)
             shutil.rmtree(out)
         tmp.rename(out)
@@ -324,7 +325,6 @@ def _write(
     progress: bool, frame_format: str, jpeg_quality: int, flow_batch: int, device: torch.device,
 ) -> dict[str, Any]:  # fmt: skip
     import webdataset as wds
-    from tqdm import tqdm
 
     items_per_batch = max(1, flow_batch // repeat)
     loader = DataLoader(
@@ -340,7 +340,7 @@ def _write(
     pairs = 0
     t_load = t_flow = t_write = 0.0
     writer = wds.ShardWriter(str(tmp / SHARD_PATTERN), maxsize=shard_size_mb * 1e6, maxcount=10**9, verbose=0)
-    bar = tqdm(total=num_items * repeat, unit="pair", desc="prepare", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(num_items * repeat, "prepare", "pair", enabled=progress)
     try:
         t0 = time.perf_counter()
         for batch in loader:

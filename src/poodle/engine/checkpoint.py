@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,8 +31,16 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     writer) raises `CheckpointError` naming the file and the free space left, and leaves no temporary behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from poodle.output_dir import OutputDirError, check_writable
+
+    try:
+        check_writable(path.parent)  # a read-only folder or a path under a file, named as such
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OutputDirError as e:
+        raise CheckpointError(f"cannot write {path}: {e}") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -39,11 +48,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        free = _free_space(path.parent)  # measured before the partial file is removed: what the write ran into
         Path(tmp).unlink(missing_ok=True)
         if not isinstance(e, Exception):  # Ctrl-C mid-write: let the interrupt through unchanged
             raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise CheckpointError(
-            f"could not write checkpoint {path}: {e} ({_free_space(path.parent)} free on its filesystem; "
+            f"could not write checkpoint {path}: {reason} ({free} free on its filesystem when the write failed; "
             f"the previous {path.name}, if any, is untouched)"
         ) from e
 
@@ -60,13 +71,58 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, wrong format, or pickled objects that are not allowed
-        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from e
+    ckpt = safe_load(path, map_location, what="checkpoint")
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a poodle checkpoint (a dict was expected, got {type(ckpt).__name__})")
     return ckpt
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "file", mmap: bool = False):
+    """`torch.load(weights_only=True)` with one-line reasons (`CheckpointError`): empty, truncated, not a torch
+    file, or pickled objects, which are refused and never run. Every weight file poodle reads goes through here."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise CheckpointError(f"cannot load {what} {path}: the file is empty (0 bytes), so the write that "
+                                  "made it never finished; use an earlier one")  # fmt: skip
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    except Exception as e:  # truncated file, wrong format, or pickled objects that are not allowed
+        raise CheckpointError(f"cannot load {what} {path}: {_load_failure_reason(e, size, _is_zip(path))}") from e
+
+
+def _load_failure_reason(e: Exception, size: int, zip_file: bool) -> str:
+    """torch's message, reduced to what the user can act on. Its advice to pass `weights_only=False` (which would
+    run whatever code the pickle names) is never passed on."""
+    text = str(e)
+    unsafe = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text, re.IGNORECASE)
+    markers = ("central directory", "zip archive", "unexpected EOF", "pickle data", "Unsupported operand")
+    if not unsafe and (not zip_file or any(m in text for m in markers)):
+        return (
+            f"the file ({size} bytes) is truncated or not a PyTorch checkpoint; if a write was interrupted, use "
+            "an earlier one"
+        )
+    if unsafe or "Weights only load failed" in text:
+        name = (unsafe.group(1) or unsafe.group(2)) if unsafe else "a Python object"
+        return (
+            f"it holds pickled Python objects ({name}) that poodle will not unpickle, because unpickling can "
+            "run code. If it comes from another code base, load it there and "
+            "save only its tensors with torch.save(model.state_dict(), PATH)"
+        )
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save's format since PyTorch 1.6 is a zip archive."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def rng_state() -> dict[str, Any]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from poodle.config import from_dict
 from poodle.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from poodle.model import PooDLeNetworks
+from poodle.model.ema import EMANetworks
+from poodle.objective import build_method
 
 
 def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
@@ -22,13 +23,13 @@ def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
     return path
 
 
-def load_networks(run_or_ckpt: str | Path) -> tuple[PooDLeNetworks, dict]:
-    """Rebuild the networks of a poodle checkpoint (online + target) from the config it stores."""
+def load_networks(run_or_ckpt: str | Path) -> tuple[EMANetworks, dict]:
+    """Rebuild the networks of a poodle checkpoint (online + target) from the config it stores, for any method."""
     ckpt = load_checkpoint(resolve_checkpoint(run_or_ckpt))
     if "networks" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{run_or_ckpt} is not a poodle training checkpoint (no 'networks'/'config')")
     cfg = from_dict(ckpt["config"])
-    networks = PooDLeNetworks(cfg.model, dense=cfg.objective.dense, pooled=cfg.objective.pooled)
+    networks = build_method(cfg).networks
     networks.load_state_dict(ckpt["networks"])
     return networks, ckpt
 
@@ -42,7 +43,7 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, decoder_out: str |
     if decoder_out is not None:
         decoder = networks.decoder_state_dict()
         if not decoder:
-            raise CheckpointError("this model has no spatial decoder to export (pooled-only or FlowE variant)")
+            raise CheckpointError("this model has no spatial decoder to export (only PooDLe and its SDM ablations do)")
         atomic_save(decoder, decoder_out)
         info["decoder"] = str(decoder_out)
     return info

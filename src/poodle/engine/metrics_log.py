@@ -5,15 +5,26 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from poodle.progress import format_duration
+
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool, start_step: int, stop_step: int, tensorboard: bool = True):
+    """Without a terminal (a log file, SLURM, `make demo | tee`) the bar becomes plain lines: every logged step's
+    values, and in between a heartbeat `step N/M` at step 1 and then at most every `heartbeat_s` seconds, so a
+    slow start is never silent."""
+
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int, stop_step: int, tensorboard: bool = True,
+                 heartbeat_s: float = 30.0):  # fmt: skip
         self.enabled = enabled
+        self._step, self._start, self._stop = start_step, start_step, stop_step
+        self._heartbeat_s = heartbeat_s
+        self._t0 = self._last_line = time.monotonic()
         self._file = None
         self._tb = None
         self._bar = None
@@ -43,12 +54,27 @@ class MetricsLog:
         if self._bar is not None and self._bar.disable:  # no TTY: a plain progress line instead of a bar
             keys = ("loss", "dense", "pooled", "lr", "pairs_per_s")
             print(f"step {step}: " + ", ".join(f"{k} {record[k]:.4g}" for k in keys if k in record), flush=True)
+            self._last_line = time.monotonic()
 
-    def advance(self, n: int = 1, **postfix: float) -> None:
-        if self._bar is not None and not self._bar.disable:
+    def advance(self, n: int = 1, logged: bool = False, **postfix: float) -> None:
+        """`n` more steps are done; `logged`: `log` follows for this step (and prints its own line)."""
+        self._step += n
+        if self._bar is None:
+            return
+        if not self._bar.disable:
             self._bar.update(n)
             if postfix:
                 self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            return
+        now = time.monotonic()
+        first = self._step == self._start + n
+        if not logged and (first or now - self._last_line >= self._heartbeat_s):
+            per_step = (now - self._t0) / max(1, self._step - self._start)
+            left = per_step * (self._stop - self._step)
+            print(
+                f"step {self._step}/{self._stop}: {per_step:.2f} s/step, about {format_duration(left)} left", flush=True
+            )
+            self._last_line = now
 
     def close(self) -> None:
         if self._bar is not None:

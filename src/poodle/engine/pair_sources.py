@@ -70,7 +70,13 @@ def collate_pair_samples(samples: list[dict[str, torch.Tensor]]) -> PairBatch:
 
 
 def build_pair_source(cfg: Config):
-    """(PairSource, flow estimator or None) for a config. Errors name the fix."""
+    """(PairSource, flow estimator or None) for a config. Errors name the fix.
+
+    Flow is produced only for methods that use it (`needs_flow`): BYOL, DINO, DenseCL and PixPro train on the
+    frames alone, so they need no RAFT weights and SynthDrive does not render flow for them."""
+    from poodle.objective import method_class
+
+    needs_flow = method_class(cfg.method).needs_flow
     if cfg.data.dataset == "shards":
         from poodle.data.shards import ShardPairs
 
@@ -84,9 +90,9 @@ def build_pair_source(cfg: Config):
             )
         from poodle.data.synthdrive.pairs import SynthDrivePairs
 
-        return PairSource(SynthDrivePairs(cfg.data, seed=cfg.run.seed), cfg), None
+        return PairSource(SynthDrivePairs(cfg.data, seed=cfg.run.seed, with_flow=needs_flow), cfg), None
     from poodle.data.optical_flow import build_flow_estimator
     from poodle.data.pairs import build_pair_dataset
 
     dataset = build_pair_dataset(cfg.data, seed=cfg.run.seed)
-    return PairSource(dataset, cfg), build_flow_estimator(cfg.flow, torch.device("cpu"))
+    return PairSource(dataset, cfg), build_flow_estimator(cfg.flow, torch.device("cpu")) if needs_flow else None

@@ -5,7 +5,7 @@ One readable function, `pretrain`: build everything, resume from RUN_DIR/last.pt
     tau, lr     <- per-step schedule arrays (indexed by the global step, so resuming is trivial)
     target      <- EMA of the online networks with momentum tau (at the start of the step, as the release does)
     batch       <- N frame pairs for this rank (+ flow: ground truth, cached, or estimated here)
-    losses      <- PooDLeObjective(batch) under bf16 autocast on GPU (losses, norms and warps run in fp32)
+    losses      <- the method (PooDLe, BYOL, DINO, ...) under bf16 autocast on GPU (losses and warps run in fp32)
     backward, optimizer step; log; checkpoint every `run.ckpt_every` steps and on SIGTERM/SIGUSR1
 
 Every random draw of a step (augmentations, subcrops, which pairs are read) is seeded by (seed, rank, step), so
@@ -29,14 +29,17 @@ from torch.nn.parallel import DistributedDataParallel
 from poodle.config import Config
 from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from poodle.engine.health import CollapseMonitor, grad_norm, nonfinite_names, state_nonfinite
 from poodle.engine.metrics_log import MetricsLog
-from poodle.engine.optim import build_optimizer
-from poodle.model import cosine_schedule, ema_schedule
-from poodle.objective import PairBatch, PooDLeObjective
+from poodle.engine.optim import build_optimizer, clip_per_parameter
+from poodle.model import cosine_schedule
+from poodle.objective import PairBatch, build_method
+from poodle.output_dir import OutputDirError, check_run_dir, read_marker, write_marker
 
 # Config sections that may change between a run and its resumption (how to run, not what is trained).
 RESUMABLE_CHANGES = ("run", "name")
 RESUMABLE_DATA_KEYS = ("root", "workers")
+METHOD_SECTIONS = ("byol", "dino", "densecl", "pixpro")  # read only when `method` names them
 
 
 class TrainingError(RuntimeError):
@@ -77,9 +80,12 @@ def check_resumable(saved: dict[str, Any], cfg: Config, run_dir: Path) -> None:
     """A run folder holds one experiment: refuse to resume it with a different method/data config."""
     now = cfg.to_dict()
     diffs = []
+    saved = {"method": "poodle", **saved}  # checkpoints from before `method` existed are PooDLe runs
     for section, values in saved.items():
-        if section in RESUMABLE_CHANGES:
-            continue
+        if section in RESUMABLE_CHANGES or (section in METHOD_SECTIONS and section != cfg.method):
+            continue  # another method's section does not describe this run
+        if not isinstance(values, dict) and now.get(section) != values:
+            diffs.append(f"{section}: run has {values!r}, now {now.get(section)!r}")
         if isinstance(values, dict):
             for key, value in values.items():
                 if section == "data" and key in RESUMABLE_DATA_KEYS:
@@ -157,7 +163,10 @@ def pretrain(
     (frame_a, frame_b uint8/float (N, 3, H, W) and optionally flow_ab/flow_ba) for this rank; it also exposes
     `num_videos` (for the epoch length). Without flow in the batch, `flow_estimator.bidirectional` computes it.
     Returns a summary dict: final step, checkpoint path, the trained `networks` and the last logged values."""
-    run_dir = Path(run_dir)
+    try:  # before any work: a folder poodle cannot write, or one holding someone else's files, is refused now
+        run_dir = check_run_dir(run_dir)
+    except OutputDirError as e:
+        raise TrainingError(str(e)) from e
     info = init_distributed("cuda" if cfg.run.device == "cuda" else "cpu")
     device = resolve_device(cfg.run.device, info)
     sched = Schedule.from_config(cfg, pair_source.num_videos, stop_step)
@@ -170,7 +179,7 @@ def pretrain(
 
     # ---- model, optimiser, schedules
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    objective = PooDLeObjective(cfg).to(device)
+    objective = build_method(cfg).to(device)
     if info.enabled and device.type == "cuda":
         objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     if cfg.run.channels_last and device.type == "cuda":
@@ -178,7 +187,10 @@ def pretrain(
     networks = objective.networks
     optimizer = build_optimizer(networks, cfg.optim)
     lr_schedule = cosine_schedule(cfg.optim.lr, cfg.optim.min_lr, sched.total_steps, sched.warmup_steps)
-    tau_schedule = ema_schedule(sched.total_steps, base=cfg.objective.ema_momentum)
+    tau_schedule = objective.momentum_schedule(sched.total_steps)
+    wd_schedule = None
+    if cfg.optim.weight_decay_end is not None:  # DINO's cosine weight-decay schedule (decaying groups only)
+        wd_schedule = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, sched.total_steps)
 
     # ---- resume
     start_step = 0
@@ -209,6 +221,8 @@ def pretrain(
         model = torch.compile(model)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if read_marker(run_dir) is None:
+            write_marker(run_dir, "pretrain")
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = MetricsLog(run_dir, info.is_main, start_step, sched.stop_step)
     stop = _StopRequest(announce=info.is_main)
@@ -240,7 +254,12 @@ def pretrain(
 
     # ---- loop
     batches = iter(pair_source(start_step, sched.stop_step, info))
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    # Groups that decay (after resume: the optimiser state replaces the group dicts; the others have 0).
+    decaying_groups = [i for i, g in enumerate(optimizer.param_groups) if g["weight_decay"] > 0]
+    params = [p for p in networks.parameters() if p.requires_grad]
+    # Non-finite loss or gradient norm on any step since the last check; read only on logged/checkpoint steps.
+    diverged = torch.zeros((), dtype=torch.bool, device=device)
+    collapse = CollapseMonitor(cfg.run.collapse_threshold, cfg.run.collapse_patience)
     last_good_step = start_step
     summary: dict[str, Any] = {}
     window_start, window_pairs, data_wait = time.perf_counter(), 0, 0.0
@@ -250,37 +269,51 @@ def pretrain(
         for step in range(start_step, sched.stop_step):
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_schedule[step])
+            if wd_schedule is not None:
+                for i in decaying_groups:
+                    optimizer.param_groups[i]["weight_decay"] = float(wd_schedule[step])
             networks.update_target(float(tau_schedule[step]))
 
             t_wait = time.perf_counter()
             batch = next(batches)
-            batch = _complete_batch(batch, flow_estimator, device)
+            batch = _complete_batch(batch, flow_estimator, device, objective.needs_flow)
             data_wait += time.perf_counter() - t_wait
 
             generator = step_generator(device, cfg.run.seed, info.rank, step)
             out = model(batch, generator)  # bf16 autocast around the networks happens inside
             loss = out["loss"]
-            nonfinite |= ~torch.isfinite(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            objective.after_backward(step, sched.steps_per_epoch)
+            if cfg.optim.clip_grad > 0:
+                clip_per_parameter(params, cfg.optim.clip_grad)
+            gnorm = grad_norm(params)  # after DDP's all-reduce: the same on every rank
+            diverged |= ~torch.isfinite(loss.detach()) | ~torch.isfinite(gnorm)
             optimizer.step()
             window_pairs += batch.frame_a.shape[0] * info.world_size
 
             done = step + 1
-            log.advance(1, loss=float(loss.detach()) if done % cfg.run.log_every == 0 else math.nan)
             is_log = done % cfg.run.log_every == 0 or done == sched.stop_step
-            is_ckpt = done % cfg.run.ckpt_every == 0 or done == sched.stop_step or stop.signal is not None
-            if is_log or is_ckpt:
-                # One host sync per logged step: the NaN check and the logged values.
-                if bool(all_reduce_mean(nonfinite.float(), info) > 0):
-                    raise TrainingError(
-                        f"non-finite loss at or before step {done}; stopping. The last good checkpoint "
-                        f"(step {last_good_step}) is kept in {last}. Lower optim.lr or check the data."
-                    )
+            is_ckpt = done % cfg.run.ckpt_every == 0 or done == sched.stop_step
+            # A signal is acted on where the ranks already meet (logged or checkpoint steps) so that all of them
+            # save the same step; a single process acts on it after the current step. The flag is read once, so a
+            # signal landing between the save decision and the exit check waits for the next step.
+            stopping = stop.signal is not None and (is_log or is_ckpt or not info.enabled)
+            log.advance(1, logged=is_log, **({"loss": float(loss.detach())} if is_log else {}))
+            if is_log or is_ckpt or stopping:
+                # The one host sync of a checked step: divergence so far, the state's finiteness, the stop request.
+                flags = torch.stack([diverged.float(), state_nonfinite(networks).to(device).float(),
+                                     torch.tensor(float(stop.signal is not None), device=device)])  # fmt: skip
+                loss_bad, state_bad, stop_any = (all_reduce_mean(flags, info) > 0).tolist()
+                if loss_bad or state_bad:
+                    raise TrainingError(_divergence_message(done, loss_bad, networks, last_good_step, last, cfg))
+                stopping = stopping or (stop_any and info.enabled)
+                is_ckpt = is_ckpt or stopping
             if is_log:
                 elapsed = time.perf_counter() - window_start
                 values = {k: float(all_reduce_mean(v.detach().float(), info)) for k, v in out.items()}
                 values.update(
+                    grad_norm=float(gnorm),
                     lr=float(lr_schedule[step]),
                     momentum=float(tau_schedule[step]),
                     epoch=done / sched.steps_per_epoch,
@@ -292,12 +325,23 @@ def pretrain(
                 log.log(done, values)
                 summary = values
                 window_start, window_pairs, data_wait = time.perf_counter(), 0, 0.0
+                warning = collapse.update(done, values)
+                if warning and info.is_main:
+                    print(warning, file=sys.stderr, flush=True)
+                if collapse.collapsed:
+                    raise TrainingError(
+                        f"the features collapsed: spread below {cfg.run.collapse_threshold} on {collapse.count} "
+                        f"logged steps in a row since step {collapse.since}; stopping at step {done} without saving. "
+                        f"{last} holds step {last_good_step}. Lower optim.lr (now {cfg.optim.lr:g}) or lengthen "
+                        "optim.warmup_epochs; run.collapse_patience=0 only warns."
+                    )
             if is_ckpt:
                 save(done)
                 last_good_step = done
-            if stop.signal is not None:
+            if stopping:
                 if info.is_main:
-                    print(f"received signal {stop.signal}: saved step {done} to {last}; exiting", flush=True)
+                    print(f"received signal {stop.signal or 'from another rank'}: saved step {done} to {last}; "
+                          "exiting", flush=True)  # fmt: skip
                 break
     finally:
         stop.restore()
@@ -307,9 +351,25 @@ def pretrain(
     return {"step": step + 1, "checkpoint": str(last), "networks": networks, "interrupted": stop.signal, **summary}
 
 
-def _complete_batch(batch: PairBatch, flow_estimator, device: torch.device) -> PairBatch:
+def _divergence_message(done: int, loss_bad: bool, networks, last_good: int, last: Path, cfg: Config) -> str:
+    if loss_bad:
+        what = "loss or gradient norm"
+    else:
+        names, count = nonfinite_names(networks)
+        shown = ", ".join(names) + (", ..." if count > len(names) else "")
+        what = f"values in {count} parameter/buffer tensor(s) ({shown})"
+    kept = f"{last} holds step {last_good} and is kept" if last_good > 0 else "nothing was saved"
+    return (
+        f"training diverged: non-finite {what} at or before step {done}; stopping without saving ({kept}). "
+        f"Lower optim.lr (now {cfg.optim.lr:g}), lengthen optim.warmup_epochs, or check the data."
+    )
+
+
+def _complete_batch(batch: PairBatch, flow_estimator, device: torch.device, needs_flow: bool = True) -> PairBatch:
     frame_a = batch.frame_a.to(device, non_blocking=True)
     frame_b = batch.frame_b.to(device, non_blocking=True)
+    if not needs_flow:
+        return PairBatch(frame_a, frame_b)
     if batch.flow_ab is not None:
         return PairBatch(frame_a, frame_b, batch.flow_ab.to(device, non_blocking=True),
                          batch.flow_ba.to(device, non_blocking=True))  # fmt: skip

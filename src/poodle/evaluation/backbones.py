@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from poodle.engine.checkpoint import CheckpointError, safe_load
 from poodle.model import ResNetEncoder, SpatialDecoder, clean_state_dict
 from poodle.model.encoder import ARCHS, IGNORED_PREFIXES
 
@@ -102,9 +103,9 @@ def _load_state_dict_file(path: Path) -> dict:
     if not path.is_file():
         raise BackboneError(f"backbone weights not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, or pickled objects
-        raise BackboneError(f"cannot read {path} as a torch state dict: {e}") from e
+        obj = safe_load(path, what="backbone weights")
+    except CheckpointError as e:  # empty, truncated, not a torch file, or pickled objects (refused, never run)
+        raise BackboneError(str(e)) from e
     if not isinstance(obj, Mapping):
         raise BackboneError(f"{path} does not hold a state dict (found a {type(obj).__name__})")
     return dict(obj)
@@ -156,8 +157,8 @@ def _is_poodle_checkpoint(path: Path) -> bool:
     if path.is_dir():
         return True
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
+        obj = safe_load(path, mmap=True)
+    except CheckpointError:
         return False
     return isinstance(obj, Mapping) and "networks" in obj and "config" in obj
 

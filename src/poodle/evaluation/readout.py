@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from poodle.data.augment import normalize
 from poodle.engine.checkpoint import atomic_save
@@ -34,6 +33,7 @@ from poodle.evaluation.config import ReadoutConfig
 from poodle.evaluation.inference import infer
 from poodle.evaluation.linear import LinearHead, upsample_logits
 from poodle.evaluation.upernet import UperNetHead
+from poodle.progress import progress_bar
 
 
 class ReadoutError(RuntimeError):
@@ -338,12 +338,15 @@ def run_readout(
         val_loader = DataLoader(subset, batch_size=1, num_workers=min(cfg.workers, 2), collate_fn=_first)
         cm = ConfusionMatrix(len(classes), ignore, device=device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            for item in tqdm(val_loader, desc="eval", disable=not (progress and info.is_main), leave=False):
+            eval_bar = progress_bar(len(val_loader), "eval", "img", enabled=progress and info.is_main, leave=False)
+            for item in val_loader:
                 x = _to_input(item["image"][None], device)
                 logits = infer(model, x, cfg.inference, cfg.window, cfg.stride)
                 mask = item["mask"][None].to(device)
                 pred = upsample_logits(logits.float(), tuple(mask.shape[-2:])).argmax(1)
                 cm.update(pred, mask)
+                eval_bar.update(1)
+            eval_bar.close()
         cm.all_reduce()
         ddp.train()
         return cm.compute()
@@ -353,8 +356,7 @@ def run_readout(
     it = batches()
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     last_loss = math.nan
-    bar = tqdm(total=total_steps, desc=f"{cfg.head} readout", disable=not (progress and info.is_main),
-               dynamic_ncols=True)  # fmt: skip
+    bar = progress_bar(total_steps, f"{cfg.head} readout", "step", enabled=progress and info.is_main)
     for step in range(total_steps):
         for g in optimizer.param_groups:
             g["lr"] = poly_lr(cfg.lr, cfg.min_lr, step, total_steps, cfg.power) * g["lr_mult"]

@@ -89,7 +89,12 @@ class ResNetEncoder(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"encoder init file not found: {path}")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from poodle.engine.checkpoint import CheckpointError, safe_load
+
+        try:
+            obj = safe_load(path, what="encoder init file")
+        except CheckpointError as e:
+            raise ValueError(str(e)) from e
         if not isinstance(obj, Mapping):
             raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
         state = clean_state_dict(obj)

@@ -11,16 +11,12 @@ is exactly what the optimiser should see.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
-from typing import Any
-
 import torch
-from torch import nn
 
 from poodle.config import ModelConfig
 from poodle.model.batchnorm import running_stats_frozen
 from poodle.model.decoder import SpatialDecoder
+from poodle.model.ema import EMANetworks
 from poodle.model.encoder import ResNetEncoder
 from poodle.model.heads import ConvMLP
 
@@ -28,7 +24,7 @@ from poodle.model.heads import ConvMLP
 TARGET_MODULES = ("encoder", "decoder", "dense_projector", "pooled_projector")
 
 
-class PooDLeNetworks(nn.Module):
+class PooDLeNetworks(EMANetworks):
     """Encoder, SDM and heads for the enabled losses, plus their EMA target copies.
 
     Modules of a disabled loss are `None` (the SDM belongs to the dense branch only, as in the release, so a
@@ -66,10 +62,7 @@ class PooDLeNetworks(nn.Module):
             self.pooled_predictor = ConvMLP(out, hidden, out, bias=cfg.head_bias)
 
         # Target = exact copy at init (spec 2.5), frozen for autograd; updated only by update_target.
-        copied = [name for name in TARGET_MODULES if getattr(self, name) is not None]
-        self.target = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in copied})
-        self.target.requires_grad_(False)
-        self._ema_lists: tuple[list[torch.Tensor], ...] | None = None
+        self._make_target(TARGET_MODULES)
 
     # ------------------------------------------------------------------------------------------- branches
 
@@ -106,89 +99,6 @@ class PooDLeNetworks(nn.Module):
         with running_stats_frozen(t["encoder"], enabled=not update_bn_stats):
             pooled = t["encoder"].forward_pooled(crops)
         return t["pooled_projector"](pooled)
-
-    # ------------------------------------------------------------------------------------------- EMA
-
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        """xi <- tau * xi + (1 - tau) * theta for all target parameters; BN buffers are copied from online.
-
-        One fused `_foreach_lerp_` over all parameters (instead of the release's per-parameter Python loop,
-        spec 11 item 5): lerp(xi, theta, 1 - tau) = xi + (1 - tau) * (theta - xi).
-        """
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"EMA momentum must be in [0, 1], got {tau}")
-        target_params, online_params, target_bufs, online_bufs = self._ema_tensors()
-        if tau < 1.0:
-            torch._foreach_lerp_(target_params, online_params, 1.0 - tau)
-        if target_bufs:
-            torch._foreach_copy_(target_bufs, online_bufs)
-
-    def _ema_tensors(self) -> tuple[list[torch.Tensor], ...]:
-        """(target params, online params, target buffers, online buffers), built once and cached.
-
-        The cache is dropped by `_apply` (`.to()`, `.cuda()`, `.half()` replace buffer tensors), by
-        `load_state_dict` and by assigning a module attribute; call `reset_ema_cache()` after replacing
-        modules deeper down by hand (e.g. `convert_sync_batchnorm` on a submodule).
-        """
-        if self._ema_lists is None:
-            lists: tuple[list[torch.Tensor], ...] = ([], [], [], [])
-            for name, target_module in self.target.items():
-                online_module = getattr(self, name)
-                for tgt_iter, src_iter, tgt_list, src_list in (
-                    (target_module.named_parameters(), online_module.named_parameters(), lists[0], lists[1]),
-                    (target_module.named_buffers(), online_module.named_buffers(), lists[2], lists[3]),
-                ):
-                    tgt_named, src_named = dict(tgt_iter), dict(src_iter)
-                    if tgt_named.keys() != src_named.keys():
-                        raise RuntimeError(f"target and online {name} have different structures")
-                    for key, tensor in tgt_named.items():
-                        tgt_list.append(tensor)
-                        src_list.append(src_named[key])
-            self._ema_lists = lists
-        return self._ema_lists
-
-    def reset_ema_cache(self) -> None:
-        self._ema_lists = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, nn.Module):  # a replaced online/target module invalidates the cached lists
-            self.__dict__["_ema_lists"] = None
-        super().__setattr__(name, value)
-
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> PooDLeNetworks:
-        self._ema_lists = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        self._ema_lists = None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def train(self, mode: bool = True) -> PooDLeNetworks:
-        """Online modules follow `mode`; the target always stays in train mode (BYOL: batch-statistics BN).
-
-        Its running buffers are never used in train mode and are overwritten from the online network by every
-        `update_target`, so keeping it in train mode also during `eval()` costs nothing.
-        """
-        super().train(mode)
-        self.target.train(True)
-        return self
-
-    # ------------------------------------------------------------------------------------------- export
-
-    def online_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters the optimiser updates (everything except the target)."""
-        return (p for name, p in self.named_parameters() if not name.startswith("target."))
-
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """Online encoder weights with torchvision key names (torchvision loads them, only fc missing)."""
-        return self.encoder.torchvision_state_dict()
-
-    def decoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """Online SDM weights (empty when there is no decoder: pooled-only model, or the identity SDM)."""
-        if self.decoder is None:
-            return {}
-        return {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
 
     def _require(self, branch: str) -> None:
         if not getattr(self, branch):

@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from poodle.config import Config
 from poodle.data.augment import photometric, sample_dense_geometry
 from poodle.data.subcrops import crop_pairs, flow_aware_subcrops
 from poodle.model import PooDLeNetworks
+from poodle.objective.base import Method, feature_std
 from poodle.objective.dense import chunked_dense_loss, dense_loss_options
 from poodle.objective.pooled import pooled_loss
 
@@ -42,24 +43,15 @@ class PairBatch:
         return PairBatch(move(self.frame_a), move(self.frame_b), move(self.flow_ab), move(self.flow_ba))
 
 
-class PooDLeObjective(nn.Module):
-    # Device types where run.precision=bf16 turns autocast on. CPU is off by default (CPU bf16 convolutions are
-    # slower than fp32 on most machines); tests and the memory model add "cpu" to run the bf16 path there.
-    autocast_device_types: tuple[str, ...] = ("cuda",)
+class PooDLeObjective(Method):
+    """PooDLe (and, with `objective.pooled=false` and the FlowE switches, FlowE as the release trains it)."""
+
+    name = "poodle"
+    needs_flow = True
 
     def __init__(self, cfg: Config):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.networks = PooDLeNetworks(cfg.model, dense=cfg.objective.dense, pooled=cfg.objective.pooled)
-
-    def _networks_precision(self, device: torch.device):
-        """bf16 autocast around the networks on GPU (run.precision=bf16); everything else stays fp32.
-
-        Augmentations, warps, masks, normalisation and losses run outside autocast: bf16 sampling coordinates
-        would be off by pixels and bf16 norms lose the small differences the losses are made of.
-        """
-        enabled = device.type in self.autocast_device_types and self.cfg.run.precision == "bf16"
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def forward(self, batch: PairBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         cfg, nets = self.cfg, self.networks
@@ -89,7 +81,7 @@ class PooDLeObjective(nn.Module):
             out["dense"], out["mask_fraction"] = chunked_dense_loss(
                 online_map, target_map, flow, flow_back, online_geo, target_geo, **dense_loss_options(cfg.objective)
             )  # fmt: skip
-            out["dense_std"] = _feature_std(online_map)
+            out["dense_std"] = feature_std(online_map)
             total = total + cfg.objective.dense_weight * out["dense"]
         if cfg.objective.pooled:
             boxes = flow_aware_subcrops(flow, cfg.subcrops, generator=generator)
@@ -107,20 +99,8 @@ class PooDLeObjective(nn.Module):
             with autocast:
                 online_vec = nets.online_pooled(online_crops, update_bn_stats=update_bn)
             out["pooled"] = pooled_loss(online_vec, target_vec)
-            out["pooled_std"] = _feature_std(online_vec)
+            out["pooled_std"] = feature_std(online_vec)
             out["subcrop_fallback_fraction"] = (~boxes.source_is_pair).float().mean()
             total = total + cfg.objective.pooled_weight * out["pooled"]
         out["loss"] = total
         return out
-
-
-def _feature_std(x: Tensor) -> Tensor:
-    """Std over samples of L2-normalised features, averaged over channels, times sqrt(D).
-
-    About 1 for well-spread features, 0 at collapse (the solo-learn/BYOL diagnostic). Detached; no host sync.
-    """
-    x = x.detach().float()
-    if x.dim() == 4:  # (B, C, h, w): treat every position as a sample
-        x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    x = torch.nn.functional.normalize(x, dim=1)
-    return x.std(dim=0).mean() * x.shape[1] ** 0.5

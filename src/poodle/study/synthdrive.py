@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
+
 
 class StudyError(RuntimeError):
     pass
@@ -324,25 +326,34 @@ def _exit_with_parent(parent_pid: int) -> None:
 # ----------------------------------------------------------------------------------------------------- study
 
 
+# A study folder's top level (an unmarked one of exactly these, from an older poodle, may be replaced).
+_LAYOUT = ("plan.json", "summary.json", "summary.json.tmp", "report.md", "runs", "data", "figures", MARKER)
+
+
 def _check_plan(out: Path, plan: StudyPlan, overwrite: bool) -> None:
+    """Continue the study in `out` (same plan), start one in an empty folder, or with --overwrite replace a study
+    poodle made (its marker); never delete anything else."""
     import shutil
 
     plan_path = out / "plan.json"
     if plan_path.is_file():
-        old = json.loads(plan_path.read_text())
+        try:
+            old = json.loads(plan_path.read_text())
+        except ValueError:
+            old = None
         if old == json.loads(json.dumps(plan.to_dict())):  # tuples compare as the lists JSON stores
             return
         if not overwrite:
-            raise StudyError(f"{out} holds a study with another plan ({old.get('name')}: {plan_path}); use another "
-                             "--out or pass --overwrite to start over")  # fmt: skip
-    if out.exists() and any(out.iterdir()):
-        if not overwrite and not plan_path.is_file():
-            raise StudyError(f"{out} is not empty and holds no study (no plan.json); use an empty or new folder")
-        if overwrite:
-            if not plan_path.is_file():
-                raise StudyError(f"refusing to delete {out}: it holds no study (no plan.json)")
+            name = old.get("name") if isinstance(old, dict) else "unreadable"
+            raise StudyError(f"{out} holds a study with another plan ({name}: {plan_path}); use another --out or "
+                             "pass --overwrite to start over")  # fmt: skip
+    try:
+        if check_replaceable(out, "study", overwrite, legacy=("plan.json", _LAYOUT)):
             shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "study")
+    except OutputDirError as e:
+        raise StudyError(str(e)) from None
     plan_path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -25,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from poodle.data.class_stats import class_statistics
 from poodle.data.classes import BDD100K_CLASSES, colorize
 from poodle.data.synthdrive.flo import write_flo
 from poodle.data.synthdrive.sequence import SynthDriveError, SynthDriveSequence, check_resolution
+from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
+from poodle.progress import progress_bar
 
 GENERATOR_VERSION = "1.0"
 SPLITS = ("train", "val")
@@ -142,15 +142,16 @@ def _write_flow(root: Path, split: str, video: str, t: int, t2: int, flow: np.nd
     return {"video": video, "t": t, "t2": t2, "flow": f"{stem}.flo", "occlusion": f"{stem}_occ.png"}
 
 
+# What `generate_dataset` writes at the top level: an unmarked folder of exactly these (an older poodle's) may be
+# replaced by --overwrite; anything else is refused.
+_LAYOUT = ("meta.json", "stats.md", "preview.png", "videos", "images", "labels", "flow", MARKER)
+
+
 def _prepare_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SynthDriveError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise SynthDriveError(f"output folder {out} is not empty; pass --overwrite (overwrite=True) to replace it")
-        if not (out / "meta.json").is_file():
-            # Safety: never delete a folder we did not write.
-            raise SynthDriveError(f"refusing to overwrite {out}: it is not empty and not a SynthDrive dataset")
+    try:  # never delete a folder poodle did not write as a SynthDrive dataset (its marker file)
+        check_replaceable(out, "synthdrive", overwrite, legacy=("meta.json", _LAYOUT))
+    except OutputDirError as e:
+        raise SynthDriveError(str(e)) from None
 
 
 def resolve_preset(preset: str | Preset, resolution=None, **overrides) -> Preset:
@@ -204,6 +205,7 @@ def generate_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
     try:
         meta = _generate_into(tmp, p, int(seed), preset if isinstance(preset, str) else "custom", preview, progress)
+        write_marker(tmp, "synthdrive")
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
@@ -226,10 +228,10 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
     rendered = 0
     flow_index: dict[str, list[dict]] = {}
     previews: list[tuple] = []
-    bar_opts = {"disable": not progress, "file": sys.stderr, "leave": False, "dynamic_ncols": True}
+    bar_opts = {"enabled": progress, "leave": False}
 
     n_videos = p.train_videos + p.val_videos
-    with tqdm(total=n_videos * n_frames, desc="synthdrive videos", unit="frame", **bar_opts) as bar:
+    with progress_bar(total=n_videos * n_frames, desc="synthdrive videos", unit="frame", **bar_opts) as bar:
         for split, count in (("train", p.train_videos), ("val", p.val_videos)):
             flow_index[split] = []
             for i in range(count):
@@ -256,7 +258,7 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
 
     train_labels = []
     n_images = p.train_images + p.val_images
-    with tqdm(total=n_images, desc="synthdrive images", unit="img", **bar_opts) as bar:
+    with progress_bar(total=n_images, desc="synthdrive images", unit="img", **bar_opts) as bar:
         for split, count in (("train", p.train_images), ("val", p.val_images)):
             for i in range(count):
                 index, t = labelled_image_source(seed, split, i, n_frames)

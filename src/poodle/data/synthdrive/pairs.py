@@ -28,8 +28,9 @@ class SynthDrivePairs(torch.utils.data.Dataset):
     and the pair draws are seeded by the key, so they are reproducible and differ from pass to pass.
     """
 
-    def __init__(self, cfg: DataConfig, seed: int = 0):
+    def __init__(self, cfg: DataConfig, seed: int = 0, with_flow: bool = True):
         self.cfg = cfg
+        self.with_flow = with_flow  # methods without a flow term skip rendering it
         root = Path(cfg.root) if cfg.root else None
         if root is not None:
             meta_path = root / "meta.json"
@@ -97,9 +98,11 @@ class SynthDrivePairs(torch.utils.data.Dataset):
             t, t2 = d["t_a"], d["t_b"]
             out["frame_a"].append(seq.frame(t)[window])
             out["frame_b"].append(seq.frame(t2)[window])
-            out["flow_ab"].append(seq.flow(t, t2)[window])
-            out["flow_ba"].append(seq.flow(t2, t)[window])
-        return {k: torch.from_numpy(np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2))) for k, v in out.items()}
+            if self.with_flow:
+                out["flow_ab"].append(seq.flow(t, t2)[window])
+                out["flow_ba"].append(seq.flow(t2, t)[window])
+        return {k: torch.from_numpy(np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2))) for k, v in out.items()
+                if v}  # fmt: skip
 
 
 def _mult8(x: float) -> int:
