@@ -549,20 +549,26 @@ def _merge(base: dict, over: dict) -> dict:
 # Shipped configs whose names start with these are segmentation-readout recipes (`ReadoutConfig`), not
 # pretraining configs; they share the folder because package data globs configs/*.yaml.
 READOUT_PREFIXES = ("readout_", "upernet_")
+DETECTION_PREFIXES = ("detection_",)
 
 
 def shipped_configs(kind: str = "pretrain") -> list[str]:
     """Names of the configs shipped with the package (`poodle/configs/*.yaml`).
 
-    kind: "pretrain" (the `Config` files), "readout" (`readout_*` / `upernet_*`) or "all".
+    kind: "pretrain" (the `Config` files), "readout" (segmentation: `readout_*` / `upernet_*`), "detection"
+    (`detection_*`) or "all".
     """
     root = resources.files("poodle") / "configs"
     names = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
     if kind == "all":
         return names
-    if kind not in ("pretrain", "readout"):
-        raise ValueError(f"kind must be pretrain, readout or all, got {kind!r}")
-    return [n for n in names if n.startswith(READOUT_PREFIXES) == (kind == "readout")]
+    if kind == "readout":
+        return [n for n in names if n.startswith(READOUT_PREFIXES)]
+    if kind == "detection":
+        return [n for n in names if n.startswith(DETECTION_PREFIXES)]
+    if kind != "pretrain":
+        raise ValueError(f"kind must be pretrain, readout, detection or all, got {kind!r}")
+    return [n for n in names if not n.startswith(READOUT_PREFIXES + DETECTION_PREFIXES)]
 
 
 def _read_yaml(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:

@@ -26,8 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("head", choices=("linear", "upernet"), help="readout head")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
-    p.add_argument("--weights", required=True,
-                   help="poodle run folder / checkpoint, torchvision .pth, imagenet:PATH or random")  # fmt: skip
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="poodle run folder / checkpoint, torchvision .pth, a published checkpoint (the authors' "
+        "PooDLe/FlowE, DINO, PixPro, DenseCL/MoCo; docs/weights.md), imagenet:PATH or random",
+    )
+    p.add_argument("--branch", choices=("auto", "online", "ema"), default="auto",
+                   help="online or EMA weights of a published checkpoint (auto: the method's convention, DINO's "
+                        "teacher, the others' online network)")  # fmt: skip
     p.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="needed for random; else a check")
     p.add_argument("--out", required=True, help="output folder (results.json, table.md, head.pt, figures/)")
     p.add_argument("--steps", type=int, help="override the recipe's number of steps")
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the recipe {name!r} is a {cfg.head} readout but `poodle eval {args.head}` was asked")
     label = args.name or Path(str(args.weights).removeprefix("imagenet:")).name
     try:
-        results = run_readout(args.weights, args.dataset, args.data, cfg, args.out, steps=args.steps, arch=args.arch,
+        weights = args.weights if args.branch == "auto" else f"{args.branch}:{args.weights}"
+        results = run_readout(weights, args.dataset, args.data, cfg, args.out, steps=args.steps, arch=args.arch,
                               method={"name": label}, progress=not args.no_progress)  # fmt: skip
     except (BackboneError, CheckpointError, SegDatasetError, ReadoutError, FileNotFoundError) as e:
         raise UserError(str(e)) from e

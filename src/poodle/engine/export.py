@@ -34,12 +34,40 @@ def load_networks(run_or_ckpt: str | Path) -> tuple[EMANetworks, dict]:
     return networks, ckpt
 
 
-def export_backbone(run_or_ckpt: str | Path, out: str | Path, decoder_out: str | Path | None = None) -> dict:
+FORMATS = ("torchvision", "timm", "mmseg")
+
+
+def export_backbone(
+    run_or_ckpt: str | Path,
+    out: str | Path,
+    decoder_out: str | Path | None = None,
+    fmt: str = "torchvision",
+    branch: str = "online",
+) -> dict:
+    """Write the backbone of a run as `fmt`:
+
+    - `torchvision`: `resnet50().load_state_dict(sd, strict=False)` (only `fc` missing);
+    - `timm`: the same keys (timm's ResNet uses torchvision's names): `timm.create_model("resnet50",
+      num_classes=0, pretrained=True, pretrained_cfg_overlay=dict(file=OUT))`;
+    - `mmseg`: `{"state_dict": {"backbone.<name>": ...}, "meta": ...}` for MMSegmentation/MMDetection's `ResNet`
+      (`style="pytorch"`, the torchvision stem; not `ResNetV1c`), see docs/weights.md.
+    `branch="ema"` exports the EMA target's encoder instead of the online one.
+    """
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     networks, ckpt = load_networks(run_or_ckpt)
-    backbone = networks.backbone_state_dict()
-    atomic_save(backbone, out)
+    if branch == "ema":
+        backbone = {k: v.detach().clone() for k, v in networks.target["encoder"].state_dict().items()}
+    else:
+        backbone = networks.backbone_state_dict()
+    if fmt == "mmseg":
+        meta = {"poodle": {"source": str(run_or_ckpt), "step": int(ckpt["step"]), "branch": branch,
+                           "arch": ckpt["config"]["model"]["arch"]}}  # fmt: skip
+        atomic_save({"state_dict": {f"backbone.{k}": v for k, v in backbone.items()}, "meta": meta}, out)
+    else:
+        atomic_save(backbone, out)
     info = {"step": int(ckpt["step"]), "arch": ckpt["config"]["model"]["arch"], "backbone": str(out),
-            "tensors": len(backbone)}  # fmt: skip
+            "tensors": len(backbone), "format": fmt, "branch": branch}  # fmt: skip
     if decoder_out is not None:
         decoder = networks.decoder_state_dict()
         if not decoder:
@@ -49,4 +77,4 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, decoder_out: str |
     return info
 
 
-__all__ = ["export_backbone", "load_networks", "resolve_checkpoint"]
+__all__ = ["FORMATS", "export_backbone", "load_networks", "resolve_checkpoint"]

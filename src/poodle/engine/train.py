@@ -199,13 +199,22 @@ def pretrain(
         _remove_stale_temporaries(run_dir)
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
-        check_resumable(ckpt["config"], cfg, run_dir)
-        networks.load_state_dict(ckpt["networks"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        converted = ckpt.get("converted_from") is not None and int(ckpt["step"]) == 0
+        if not converted:
+            check_resumable(ckpt["config"], cfg, run_dir)
+        try:
+            networks.load_state_dict(ckpt["networks"])
+        except RuntimeError as e:  # a converted release run fine-tuned with a recipe of another architecture
+            raise TrainingError(f"{last} does not fit the model of this config: {str(e).splitlines()[0]}") from e
+        if ckpt.get("optimizer") is not None:  # converted weights start with a fresh optimiser
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("rng"):
+            set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
         start_step = int(ckpt["step"])
         if info.is_main:
-            print(f"resuming {run_dir} from step {start_step}", flush=True)
+            what = f"fine-tuning the weights converted from {ckpt['converted_from'].get('source')}" if converted \
+                else f"resuming {run_dir} from step {start_step}"  # fmt: skip
+            print(what, flush=True)
     elif info.is_main and (run_dir / "metrics.jsonl").exists() and not resume:
         (run_dir / "metrics.jsonl").unlink()  # --no-resume starts over: old metrics would mislead
     if start_step >= sched.stop_step:

@@ -168,8 +168,13 @@ def load_backbone(
     arch: str | None = None,
     dilated: bool | None = None,
     keep_decoder: bool = True,
+    branch: str = "auto",
 ) -> FeatureBackbone:
     """Build a frozen `FeatureBackbone` from `spec`.
+
+    Published checkpoints load directly (read without running pickled code, `poodle.weights`): the authors'
+    PooDLe/FlowE files (with their SDM), DINO full checkpoints, PixPro and MoCo/DenseCL training files; `branch`
+    picks online or EMA weights (`auto`: each method's convention, DINO's teacher, the others' online network).
 
     - a poodle run folder or `.pt` training checkpoint: the ONLINE encoder (+ SDM if `keep_decoder`);
       `dilated=None` keeps the stored strides; a different value rebuilds the encoder and drops the SDM;
@@ -179,6 +184,9 @@ def load_backbone(
     External backbones default to `dilated=False`.
     """
     spec = str(spec)
+    for prefix in ("ema:", "online:"):  # `poodle eval --branch`: which copy of a published checkpoint
+        if spec.startswith(prefix):
+            spec, branch = spec.removeprefix(prefix), prefix[:-1]
     if arch is not None and arch not in ARCHS:
         raise BackboneError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     if spec == "random":
@@ -196,6 +204,58 @@ def load_backbone(
             "imagenet:PATH or random)"
         )
     if path.is_dir() or _is_poodle_checkpoint(path):
+        if branch == "ema":
+            raise BackboneError("--branch ema on a poodle run: export the EMA encoder with `poodle export --ema`")
         return _from_poodle(path, arch, dilated, keep_decoder)
-    return FeatureBackbone(_encoder_from_state(_load_state_dict_file(path), path, arch, bool(dilated)), None,
-                           source="state_dict")  # fmt: skip
+    from poodle.weights.layouts import LayoutError, backbone_state, identify
+
+    try:
+        state = _load_state_dict_file(path)
+        try:
+            layout = identify(state)
+        except LayoutError:
+            layout = None  # _encoder_from_state names what it expected
+    except BackboneError as plain_error:  # a published file with pickled objects (read safely) or unreadable
+        state, layout = _load_foreign(path, plain_error)
+    if layout in ("poodle_release", "flowe_release"):
+        return _from_release(path, state, layout, branch, arch, dilated, keep_decoder)
+    if layout is not None and (layout != "torchvision" or branch != "auto"):
+        try:
+            state, _ = backbone_state(state, layout, branch)
+        except LayoutError as e:
+            raise BackboneError(f"{path}: {e}") from e
+    return FeatureBackbone(_encoder_from_state(state, path, arch, bool(dilated)), None, source="state_dict")
+
+
+def _load_foreign(path: Path, plain_error: BackboneError) -> tuple[dict, str]:
+    """Read a published checkpoint with the safe reader (no code from the file runs) and name its layout."""
+    from poodle.weights.convert import ConvertError, read_checkpoint
+
+    if "pickled Python objects" not in str(plain_error):
+        raise plain_error
+    try:
+        obj, layout, _ = read_checkpoint(path)
+    except ConvertError as e:
+        raise BackboneError(str(e)) from e
+    return obj, layout
+
+
+def _from_release(path, obj, layout, branch, arch, dilated, keep_decoder) -> FeatureBackbone:
+    """The authors' PooDLe/FlowE checkpoint read directly: online (default) or EMA encoder, with its SDM."""
+    from poodle.weights.convert import ConvertError, release_networks
+    from poodle.weights.layouts import resolve_branch
+
+    try:
+        _, networks, _ = release_networks(obj, layout)
+    except ConvertError as e:
+        raise BackboneError(f"{path}: {e}") from e
+    ema = resolve_branch(layout, branch) == "ema"
+    encoder = networks.target["encoder"] if ema else networks.encoder
+    decoder = networks.target["decoder"] if ema and "decoder" in networks.target else networks.decoder
+    if arch is not None and arch != encoder.arch:
+        raise BackboneError(f"{path} is a {encoder.arch} checkpoint but --arch {arch} was given")
+    if dilated is not None and dilated != encoder.dilated:
+        rebuilt = ResNetEncoder(encoder.arch, dilated=dilated)
+        rebuilt.load_state_dict(encoder.state_dict())
+        encoder, decoder = rebuilt, None
+    return FeatureBackbone(encoder, decoder if keep_decoder else None, source=layout)

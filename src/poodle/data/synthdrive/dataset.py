@@ -4,6 +4,8 @@
     OUT/images/10k/{train,val}/<name>.jpg                      labelled frames from *other* sequences
     OUT/labels/sem_seg/masks/{train,val}/<name>.png            8-bit trainIds, 255 = ignore
     OUT/labels/sem_seg/colormaps/{train,val}/<name>.png        palette colours (RGB)
+    OUT/images/100k/{train,val}/<name>.jpg                     the same labelled frames (hard links, else copies)
+    OUT/labels/det_20/det_{train,val}.json                     detection boxes of those frames (BDD100K det_20)
     OUT/flow/{train,val}/<video>_<t>_<t2>.flo (+ _occ.png)     forward flow t -> t2 and occlusion (255)
     OUT/flow/{train,val}.json                                  index of the flow pairs
     OUT/stats.md, OUT/meta.json (written last), OUT/preview.png (optional)
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -27,12 +30,19 @@ from PIL import Image
 
 from poodle.data.class_stats import class_statistics
 from poodle.data.classes import BDD100K_CLASSES, colorize
+from poodle.data.synthdrive.boxes import (
+    DET_CATEGORY_OF_TRAIN_ID,
+    MIN_BOX_PIXELS,
+    OCCLUSION_MARGIN_M,
+    detection_labels,
+    instance_table,
+)
 from poodle.data.synthdrive.flo import write_flo
 from poodle.data.synthdrive.sequence import SynthDriveError, SynthDriveSequence, check_resolution
 from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
 from poodle.progress import progress_bar
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: det_20 detection labels and images/100k
 SPLITS = ("train", "val")
 # Sequence index ranges per role, so videos, labelled images and splits never share a sequence.
 INDEX_BASE = {
@@ -135,6 +145,74 @@ def _write_image(root: Path, split: str, name: str, frame: np.ndarray, labels: n
     Image.fromarray(colorize(labels)).save(root / "labels" / "sem_seg" / "colormaps" / split / f"{name}.png")
 
 
+def _link_det_image(root: Path, split: str, name: str) -> str:
+    """images/100k/<split>/<name>.jpg: a hard link to the images/10k file (a copy where links are unsupported)."""
+    src = root / "images" / "10k" / split / f"{name}.jpg"
+    dst = root / "images" / "100k" / split / f"{name}.jpg"
+    try:
+        os.link(src, dst)
+        return "hard link"
+    except OSError:
+        shutil.copyfile(src, dst)
+        return "copy"
+
+
+DET_SIZE_EDGES = (32**2, 96**2)  # COCO's small / medium / large areas (pycocotools areaRng)
+
+
+class _DetStats:
+    """Box counts per split for meta.json and stats.md."""
+
+    def __init__(self):
+        self.split: dict[str, dict] = {}
+
+    def begin(self, split: str) -> None:
+        self.split[split] = {
+            "images": 0,
+            "boxes": 0,
+            "per_class": dict.fromkeys(DET_CATEGORY_OF_TRAIN_ID.values(), 0),
+            "sizes": {"small": 0, "medium": 0, "large": 0},
+            "occluded": 0,
+            "truncated": 0,
+            "images_without_boxes": 0,
+            "tiny_instances_skipped": 0,
+        }
+
+    def add(self, split: str, labels: list[dict], tiny: int) -> None:
+        s = self.split[split]
+        s["images"] += 1
+        s["boxes"] += len(labels)
+        s["images_without_boxes"] += not labels
+        s["tiny_instances_skipped"] += tiny
+        for label in labels:
+            b = label["box2d"]
+            area = (b["x2"] - b["x1"] + 1) * (b["y2"] - b["y1"] + 1)  # COCO area of the converted box
+            size = "small" if area < DET_SIZE_EDGES[0] else "medium" if area <= DET_SIZE_EDGES[1] else "large"
+            s["sizes"][size] += 1
+            s["per_class"][label["category"]] += 1
+            s["occluded"] += label["attributes"]["occluded"]
+            s["truncated"] += label["attributes"]["truncated"]
+
+    def markdown(self) -> str:
+        splits = [k for k in ("train", "val") if k in self.split]
+        head = "| Class | " + " | ".join(f"{k} boxes" for k in splits) + " |"
+        rows = [head, "|---|" + "---|" * len(splits)]
+        for c in self.split[splits[0]]["per_class"]:
+            rows.append(f"| {c} | " + " | ".join(str(self.split[k]["per_class"][c]) for k in splits) + " |")
+        lines = []
+        for k in splits:
+            s = self.split[k]
+            n = max(s["boxes"], 1)
+            z = s["sizes"]
+            lines.append(
+                f"- {k}: {s['boxes']} boxes in {s['images']} images ({s['images_without_boxes']} without any); "
+                f"small / medium / large (COCO areas < 32², ≤ 96², > 96²): {z['small']} / {z['medium']} / "
+                f"{z['large']} ({100 * z['small'] / n:.0f} % small); {s['occluded']} occluded, {s['truncated']} "
+                f"truncated; {s['tiny_instances_skipped']} instances under {MIN_BOX_PIXELS} visible pixels skipped"
+            )
+        return "\n".join(rows) + "\n\n" + "\n".join(lines)
+
+
 def _write_flow(root: Path, split: str, video: str, t: int, t2: int, flow: np.ndarray, occ: np.ndarray) -> dict:
     stem = f"flow/{split}/{video}_{t}_{t2}"
     write_flo(root / f"{stem}.flo", flow)
@@ -221,8 +299,9 @@ def generate_dataset(
 
 def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: bool, progress: bool) -> dict:
     for split in SPLITS:
-        for sub in ("videos", "images/10k", "labels/sem_seg/masks", "labels/sem_seg/colormaps", "flow"):
+        for sub in ("videos", "images/10k", "labels/sem_seg/masks", "labels/sem_seg/colormaps", "flow", "images/100k"):
             (root / sub / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / "det_20").mkdir(parents=True, exist_ok=True)
     n_frames = p.frames_per_video
     render_seconds = 0.0
     rendered = 0
@@ -257,9 +336,12 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
             (root / "flow" / f"{split}.json").write_text(json.dumps(flow_index[split], indent=1))
 
     train_labels = []
+    det_stats, det_files, det_seconds = _DetStats(), set(), 0.0
     n_images = p.train_images + p.val_images
     with progress_bar(total=n_images, desc="synthdrive images", unit="img", **bar_opts) as bar:
         for split, count in (("train", p.train_images), ("val", p.val_images)):
+            det_frames = []
+            det_stats.begin(split)
             for i in range(count):
                 index, t = labelled_image_source(seed, split, i, n_frames)
                 seq = SynthDriveSequence(seed=seed, index=index, resolution=p.resolution, fps=p.fps)
@@ -267,16 +349,33 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
                 frame, labels = seq.frame(t), seq.labels(t)
                 render_seconds += time.perf_counter() - start
                 rendered += 1
-                _write_image(root, split, sequence_name(seed, "image", split, i), frame, labels)
+                name = sequence_name(seed, "image", split, i)
+                _write_image(root, split, name, frame, labels)
                 if split == "train":
                     train_labels.append(labels)
+                # Detection: boxes of the visible pixels of each instance, from the exact object ids.
+                start = time.perf_counter()
+                det_files.add(_link_det_image(root, split, name))
+                boxes, tiny = detection_labels(seq, t, instance_table(seq.scene))
+                det_seconds += time.perf_counter() - start
+                det_stats.add(split, boxes, tiny)
+                det_frames.append(
+                    {
+                        "name": f"{name}.jpg",
+                        "attributes": {"weather": "undefined", "scene": "undefined", "timeofday": "undefined"},
+                        "timestamp": round(1000 * t / p.fps),
+                        "labels": boxes,
+                    }
+                )
                 bar.update(1)
+            (root / "labels" / "det_20" / f"det_{split}.json").write_text(json.dumps(det_frames))
 
     stats = class_statistics(train_labels, BDD100K_CLASSES)
     table = stats.to_markdown()
     (root / "stats.md").write_text(
         f"# SynthDrive class statistics (train labels, preset {preset_name}, seed {seed})\n\n{table}\n\n"
-        f"{stats.summary()}\n"
+        f"{stats.summary()}\n\n"
+        f"## Detection boxes (labels/det_20, both splits)\n\n{det_stats.markdown()}\n"
     )
     if preview and previews:
         write_preview(root / "preview.png", previews)
@@ -299,6 +398,18 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
         "frames_per_second": round(rendered / max(render_seconds, 1e-9), 1),
         "classes": list(BDD100K_CLASSES),
         "ignore_index": 255,
+        "detection": {
+            "labels": "labels/det_20/det_{split}.json",
+            "images": "images/100k/{split}",
+            "image_files": " / ".join(sorted(det_files)) or "none",
+            "classes": list(dict.fromkeys(DET_CATEGORY_OF_TRAIN_ID.values())),
+            "box_convention": "scalabel (inclusive pixel boxes: width = x2 - x1 + 1)",
+            "min_box_pixels": MIN_BOX_PIXELS,
+            "occlusion_margin_m": OCCLUSION_MARGIN_M,
+            "size_areas": list(DET_SIZE_EDGES),
+            "splits": det_stats.split,
+            "seconds": round(det_seconds, 2),
+        },
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks a complete dataset
     return meta
