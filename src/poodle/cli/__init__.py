@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("poodle.cli.pretrain", "pretrain PooDLe on SynthDrive, BDD100K, Walking Tours or a folder of videos"),
     "eval": (
         "poodle.cli.eval",
-        "linear or UperNet segmentation readout of a backbone, with class-group mIoU and figures",
+        "segmentation (linear, UperNet) or detection (Faster R-CNN C4/FPN) readout of a backbone",
     ),
     "export": ("poodle.cli.export", "export a trained backbone (torchvision, timm or mmseg layout; SDM optional)"),
     "convert": ("poodle.cli.convert", "convert a published checkpoint (authors' PooDLe/FlowE, DINO, PixPro, DenseCL)"),
@@ -64,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     # The subcommand gets a parser of its own so that `key=value` overrides may stand between options
     # (`poodle pretrain --out r optim.lr=1e-3 --steps 5`): parse_intermixed_args does not work with subparsers.
     module_name, help_text = COMMANDS[command]
+    prog, rest = f"poodle {command}", argv[1:]
+    if command == "eval" and rest[:1] == ["detection"]:  # the detection readout has options of its own
+        module_name, prog, rest = "poodle.cli.detect", "poodle eval detection", rest[1:]
     module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"poodle {command}", description=module.__doc__ or help_text,
+    sub = argparse.ArgumentParser(prog=prog, description=module.__doc__ or help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     module.add_arguments(sub)
-    args = sub.parse_intermixed_args(argv[1:])
+    args = sub.parse_intermixed_args(rest)
     args.command = command
     from poodle.config import ConfigError
     from poodle.output_dir import OutputDirError

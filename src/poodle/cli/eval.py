@@ -23,7 +23,8 @@ DATASETS = ("bdd100k", "cityscapes", "ade20k", "wtsem", "synthdrive", "folder")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("head", choices=("linear", "upernet"), help="readout head")
+    p.add_argument("head", choices=("linear", "upernet"),
+                   help="readout head (`poodle eval detection --help` for the detection readout)")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
     p.add_argument(
