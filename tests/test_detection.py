@@ -273,6 +273,7 @@ def test_end_to_end_results_figure_and_exact_resume(tmp_path, capsys):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert again["metrics"]["ap"] == pytest.approx(results["metrics"]["ap"], abs=1e-9)
+    assert again["train_loss"] == results["train_loss"]
 
     # A resume with another recipe is refused, naming the difference.
     with pytest.raises(DetectionError, match=r"lr: run has 0.005, now 0.01"):

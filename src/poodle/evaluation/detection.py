@@ -500,6 +500,7 @@ def run_detection(
     expected = {"config": cfg.to_dict(), "backbone": str(backbone_spec), "dataset": dataset_name,
                 "total_steps": total_steps, "num_train_images": len(train_indices)}  # fmt: skip
     start_step = 0
+    logged: dict[str, Any] = {"train_loss": math.nan, "train_loss_parts": {}}  # the last logged loss (kept in last.pt)
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         _check_resumable(ckpt, expected, last)
@@ -508,6 +509,7 @@ def run_detection(
         if ckpt.get("rng"):
             set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
         start_step = int(ckpt["step"])
+        logged.update({k: ckpt[k] for k in logged if k in ckpt})
         say(f"resuming {last} from step {start_step}", flush=True)
     barrier(info)  # every rank has read last.pt before rank 0 may overwrite it
 
@@ -533,13 +535,12 @@ def run_detection(
         if info.is_main:
             atomic_save({"kind": CHECKPOINT_KIND, "step": step, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "rng": states, "world_size": info.world_size,
-                         **expected}, last)  # fmt: skip
+                         **logged, **expected}, last)  # fmt: skip
         saved["step"] = step
         barrier(info)
 
     # ---- train
     stop = total_steps if stop_at is None else min(int(stop_at), total_steps)
-    last_loss, loss_parts = math.nan, {}
     t_train = time.perf_counter()
     if start_step < stop:
         sampler = StepBatches(train_indices, per_rank, info, cfg.seed, start_step, stop)
@@ -578,7 +579,7 @@ def run_detection(
             if done % cfg.log_every == 0 or done == stop:
                 last_loss = float(all_reduce_mean(torch.tensor(sum(window) / len(window), dtype=torch.float64,
                                                                device=device), info))  # fmt: skip
-                loss_parts = {k: float(v.detach()) for k, v in losses.items()}
+                logged.update(train_loss=last_loss, train_loss_parts={k: float(v.detach()) for k, v in losses.items()})
                 lr_now = optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr_now:.2e}")
                 if not progress and info.is_main:
@@ -630,8 +631,7 @@ def run_detection(
         "batch_size": cfg.batch_size,
         "trained_parameters": n_trained,
         "metrics": metrics,
-        "train_loss": last_loss,
-        "train_loss_parts": loss_parts,
+        **logged,
         "config": cfg.to_dict(),
         "data_check": data_check,
         "timings": {
