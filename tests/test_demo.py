@@ -17,5 +17,5 @@ def test_demo_quick(tmp_path, capsys):
     assert (out / "pretrain" / "last.pt").is_file()
     assert (out / "readout_poodle" / "figures" / "predictions.png").is_file()
     printed = capsys.readouterr().out
-    assert "| Method | Pretrain | All | Small | Large | Rare | Common |" in printed
+    assert "| Method | Pretrained on | All | Small | Large | Rare | Common |" in printed
     assert main(["demo", "--out", str(out), "--quick"]) == 2  # refuses to overwrite without --overwrite

@@ -244,7 +244,11 @@ def test_end_to_end_results_figure_and_exact_resume(tmp_path, capsys):
                  "resnet18", "--out", str(straight), "--steps", "2", "--no-progress", "--name", "Scratch",
                  *over]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "| Scratch | R18 | - | - | synthdrive | - |" in printed and "mAP" in printed
+    assert (
+        "| Method | Arch | Pretrained on | SynthDrive Faster R-CNN FPN mAP | SynthDrive Faster R-CNN FPN AP50 |"
+        in printed
+    )
+    assert "| Scratch | R18 | - | " in printed and "| AP | AP50 | AP75 | APs |" in printed
 
     results = json.loads((straight / "results.json").read_text())
     assert results["task"] == "detection" and results["head"] == "fpn" and results["readout"] == "faster_rcnn_fpn"

@@ -314,3 +314,15 @@ def test_synthdrive_boxes_enclose_exactly_the_visible_pixels(synth_root):
         h, w = oid.shape
         touches = box[0] == 0 or box[1] == 0 or box[2] == w - 1 or box[3] == h - 1
         assert written[k]["attributes"]["truncated"] == touches
+
+
+def test_learnable_images_need_no_image_files(tmp_path, monkeypatch):
+    # a.jpg: a person (plus crowd and ignored boxes); b.png: a traffic light; c.jpg: no labels; d.jpg: crowd only.
+    crowd_only = {"name": "d.jpg", "labels": [FRAMES[0]["labels"][1]]}
+    data = DetectionDataset(write_det(tmp_path, frames=[*FRAMES, crowd_only], split="train"), "train")
+
+    def no_image(*args, **kwargs):
+        raise AssertionError("an image was opened")
+
+    monkeypatch.setattr(Image, "open", no_image)
+    assert data.learnable_images() == [0, 1]  # 70K BDD100K frames must not mean 70K image reads

@@ -97,7 +97,10 @@ def test_table1_row_and_pivot():
     cs = _bdd_results(1, dataset="cityscapes")
     other = _bdd_results(2, name="FlowE")
     lines = table1([res, cs, other]).splitlines()
-    assert lines[0] == "| Method | Arch | Ep. | Pretrain | BDD Lin mIoU | BDD Lin Acc | CS Lin mIoU | CS Lin Acc |"
+    assert lines[0] == (
+        "| Method | Arch | Epochs | Pretrained on | BDD100K linear mIoU | BDD100K linear Acc | Cityscapes linear mIoU"
+        " | Cityscapes linear Acc |"
+    )
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert len(lines) == 4
     assert lines[2].startswith("| PooDLe | R50 | 100 | BDD | ") and "| - |" not in lines[2]
@@ -108,7 +111,7 @@ def test_table3_and_table6():
     res = _bdd_results()
     gm = result_group_metrics(res)
     lines = table3_rows([res], ["mine"]).splitlines()
-    assert lines[0] == "| Method | Pretrain | All | Small | Large | Rare | Common |"
+    assert lines[0] == "| Method | Pretrained on | All | Small | Large | Rare | Common |"
     expected = [fmt_pct(gm["mIoU"][k]) for k in ("All", "Small", "Large", "Rare", "Common")]
     assert lines[2] == "| mine | BDD | " + " | ".join(expected) + " |"
     acc = table3_rows(res, ["mine"], metric="Acc").splitlines()[2]
@@ -123,7 +126,7 @@ def test_per_class_table_bdd_order_and_dashes():
     res = _bdd_results()
     lines = per_class_table(res).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[:5] == ["Method", "Pretrain", "Rd", "Sky", "Bldg"] and header[-1] == "Tr. Light"
+    assert header[:5] == ["Method", "Pretrained on", "Rd", "Sky", "Bldg"] and header[-1] == "Tr. Light"
     assert len(header) == 2 + 19
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[header.index("Bicycle")] == "-"  # absent from GT and prediction: NaN
@@ -135,7 +138,7 @@ def test_per_class_table_other_classes():
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
     res = make_results(cm.compute(), dataset="folder", split="val", classes=("a|b", "c"), readout="linear")
-    assert per_class_table(res, ["x"]).splitlines()[0] == "| Method | Pretrain | a\\|b | c |"
+    assert per_class_table(res, ["x"]).splitlines()[0] == "| Method | Pretrained on | a\\|b | c |"
     # Without groups the group table still shows All and dashes.
     assert table3_rows(res, ["x"]).splitlines()[2] == f"| x | - | {fmt_pct(res['metrics']['miou'])} | - | - | - | - |"
 
@@ -148,7 +151,7 @@ def test_compare_table_and_cli(tmp_path, capsys):
     assert cli_main(["compare", str(tmp_path / "a"), str(b), "--labels", "ours,theirs", "--per-class"]) == 0
     out = capsys.readouterr().out
     assert "| ours | R50 | 100 | BDD |" in out and "| theirs | R50 | 100 | BDD |" in out
-    assert "| Method | Pretrain | All | Small | Large | Rare | Common |" in out and "| Rd |" in out
+    assert "| Method | Pretrained on | All | Small | Large | Rare | Common |" in out and "| Rd |" in out
     assert cli_main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "| PooDLe |" in out and "| FlowE |" in out and "Table 9" not in out
@@ -239,3 +242,68 @@ def test_analyze_subcrops_refuses_a_truncated_mask_in_one_line(tmp_path, capsys)
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1.png" in err
+
+
+def test_table1_hides_an_epochs_column_nobody_filled():
+    res = _bdd_results()
+    res["method"].pop("epochs")
+    lines = table1(res, ["run"]).splitlines()
+    assert lines[0] == "| Method | Arch | Pretrained on | BDD100K linear mIoU | BDD100K linear Acc |"
+    assert lines[2].startswith("| run | R50 | BDD | ")
+
+
+def _detection_results(name: str, head: str, seed: int = 0) -> dict:
+    """A results.json as `poodle eval detection` writes it, with metrics computed by pycocotools."""
+    from poodle.evaluation.detection import READOUT_NAMES, coco_evaluate
+
+    classes = ["pedestrian", "car"]
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}],
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [40, 30, 8, 20], "area": 160, "iscrowd": 0},
+        ],
+    }
+    dets = [{"image_id": 1, "category_id": 2, "bbox": [4 + seed, 4, 20, 20], "score": 0.9}]
+    metrics = coco_evaluate(gt, dets, classes)
+    metrics.pop("summary")
+    return {"schema": "poodle.results/1", "task": "detection", "dataset": "bdd100k", "split": "val",
+            "classes": classes, "method": {"name": name, "arch": "resnet50", "pretrain": "BDD100K"},
+            "readout": READOUT_NAMES[head], "head": head, "steps": 10, "metrics": metrics}  # fmt: skip
+
+
+def test_compare_puts_detection_next_to_segmentation(tmp_path, capsys):
+    seg = write_results(_bdd_results(0), tmp_path / "seg")
+    c4 = write_results(_detection_results("PooDLe", "c4"), tmp_path / "c4")
+    fpn = write_results(_detection_results("PooDLe", "fpn", seed=3), tmp_path / "fpn")
+    rows = [read_results(seg), read_results(c4), read_results(fpn)]
+    lines = table1(rows).splitlines()
+    # One PooDLe row: the segmentation pair, then mAP / AP50 for each detection head.
+    assert lines[0].endswith(
+        "| BDD100K linear mIoU | BDD100K linear Acc | BDD100K Faster R-CNN C4 mAP | BDD100K Faster R-CNN C4 AP50"
+        " | BDD100K Faster R-CNN FPN mAP | BDD100K Faster R-CNN FPN AP50 |"
+    )
+    assert len(lines) == 3
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    c4_ap, fpn_ap = rows[1]["metrics"]["ap"], rows[2]["metrics"]["ap"]
+    assert cells[-4:] == [fmt_pct(c4_ap), fmt_pct(rows[1]["metrics"]["ap50"]), fmt_pct(fpn_ap),
+                          fmt_pct(rows[2]["metrics"]["ap50"])]  # fmt: skip
+    assert c4_ap == pytest.approx(0.5) and fpn_ap < c4_ap  # a perfect car box, the pedestrian missed; shifted box
+
+    text = compare_table(rows, per_class=True)
+    assert "Detection: COCO metrics" in text and "Detection: per-class AP" in text
+    # The group tables hold the segmentation result only.
+    assert text.split("### Pixel accuracy by class group")[1].split("###")[0].count("| PooDLe |") == 1
+    assert cli_main(["compare", str(tmp_path / "seg"), str(tmp_path / "c4"), str(tmp_path / "fpn")]) == 0
+    out = capsys.readouterr().out
+    assert "| PooDLe | BDD100K Faster R-CNN C4 | 50.0 |" in out  # the COCO table: AP first
+
+
+def test_read_results_checks_detection_files(tmp_path):
+    res = _detection_results("x", "c4")
+    res["metrics"]["per_class_ap"] = [0.1]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="2 classes but 1 per-class APs"):
+        read_results(path)

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from poodle.engine.checkpoint import CheckpointError
     from poodle.engine.distributed import shutdown_distributed
     from poodle.evaluation.backbones import BackboneError
-    from poodle.evaluation.detection import TABLE1_DET_HEADER, DetectionError, run_detection, table1_detection_row
+    from poodle.evaluation.detection import DetectionError, run_detection
     from poodle.evaluation.detection_config import default_config_name, load_detection_config
 
     name = args.config or default_config_name(args.dataset)
@@ -78,12 +78,11 @@ def run(args: argparse.Namespace) -> int:
     shutdown_distributed()
     if not is_main:
         return 0
+    from poodle.evaluation.tables import coco_table, table1
+
     m = results["metrics"]
-    pct = {k: "-" if m.get(k) is None else f"{100 * m[k]:.1f}" for k in ("ap", "ap50", "ap75")}
-    print(f"\n{'| ' + ' | '.join(TABLE1_DET_HEADER) + ' |'}\n{'|' + '---|' * len(TABLE1_DET_HEADER)}\n"
-          f"{table1_detection_row(results, label)}\n")  # fmt: skip
-    print(f"mAP {pct['ap']}  AP50 {pct['ap50']}  AP75 {pct['ap75']}  ({m['num_images']} val images, "
-          f"{m['num_detections']} detections)")  # fmt: skip
+    print(f"\n{table1(results, [label])}\n\n{coco_table(results, [label])}\n")
+    print(f"{m['num_images']} val images, {m['num_detections']} detections")
     out = Path(args.out)
     print(f"results: {out / 'results.json'}\ntables:  {out / 'table.md'}")
     for fig, path in (results.get("figures") or {}).items():

@@ -254,6 +254,12 @@ def _area_sizes(boxes: np.ndarray) -> dict[str, int]:
     return {"small": small, "medium": len(area) - small - large, "large": large}
 
 
+def learnable_boxes_per_image(offsets: np.ndarray, crowd: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """Boxes per image that are neither crowd nor ignored (the ones a detector learns from and is scored on)."""
+    cumulative = np.concatenate([[0], np.cumsum(~(crowd | ignored))])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+
+
 def check_detection_data(root: str | Path, split: str, *, require_images: bool = True) -> dict:
     """Validate ROOT/labels/det_20/det_{split}.json and its images before any training; return counts.
 
@@ -272,8 +278,7 @@ def check_detection_data(root: str | Path, split: str, *, require_images: bool =
     if missing and require_images:
         _raise_missing(parsed, image_dir, missing, len(parsed.names))
     target = ~parsed.ignored & ~parsed.crowd
-    cumulative = np.concatenate([[0], np.cumsum(target)])
-    per_image = cumulative[parsed.offsets[1:]] - cumulative[parsed.offsets[:-1]]
+    per_image = learnable_boxes_per_image(parsed.offsets, parsed.crowd, parsed.ignored)
     return {
         "labels": str(path),
         "images_dir": str(image_dir),
@@ -352,6 +357,13 @@ class DetectionDataset(Dataset):
             "name": self.names[i],
             "image_id": i + 1,
         }
+
+    def learnable_images(self) -> list[int]:
+        """Indices of the images with at least one box that is neither crowd nor ignored (MMDetection's
+        `filter_empty_gt`), from the parsed labels alone: no image is opened, so 70K BDD100K frames take
+        milliseconds."""
+        per_image = learnable_boxes_per_image(self._offsets, self._crowd, self._ignored)
+        return np.flatnonzero(per_image > 0).tolist()
 
     def image_size(self, i: int) -> tuple[int, int]:
         """(height, width) of image i, read from its header."""

@@ -54,15 +54,14 @@ from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, se
 from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from poodle.evaluation.backbones import FeatureBackbone, load_backbone
 from poodle.evaluation.detection_config import RESUMABLE_KEYS, DetectionConfig
+from poodle.evaluation.tables import COCO_COLUMNS, detection_tables, write_results
 from poodle.progress import progress_bar
 
 DATASETS = ("bdd100k", "synthdrive")
 CHECKPOINT_KIND = "poodle.detection/1"
 # pycocotools' 12 summary numbers, in `COCOeval.stats` order, and the names results.json stores them under.
-COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
-              "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large")  # fmt: skip
+COCO_STATS = tuple(key for key, _ in COCO_COLUMNS)
 READOUT_NAMES = {"c4": "faster_rcnn_c4", "fpn": "faster_rcnn_fpn"}
-TABLE1_DET_HEADER = ("Method", "Arch", "Ep.", "Pretrain", "Dataset", "Det C4 mAP", "Det FPN mAP")
 
 
 class DetectionError(RuntimeError):
@@ -265,17 +264,11 @@ def _collate(items: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tens
 
 
 def _trainable_images(dataset, filter_empty: bool) -> list[int]:
-    """Indices of the train images (all, or with `filter_empty` those with at least one box that is neither crowd
-    nor ignored, read from the dataset's COCO ground truth, whose image list follows the dataset's order)."""
+    """Indices of the train images: all, or with `filter_empty` those with at least one box that is neither crowd
+    nor ignored."""
     if not filter_empty:
         return list(range(len(dataset)))
-    gt = dataset.coco_ground_truth()
-    images = gt["images"]
-    if len(images) != len(dataset):
-        raise DetectionError(f"the train split's COCO ground truth lists {len(images)} images for {len(dataset)} "
-                             "dataset items")  # fmt: skip
-    with_boxes = {a["image_id"] for a in gt["annotations"] if not a.get("iscrowd", 0)}
-    keep = [i for i, im in enumerate(images) if im["id"] in with_boxes]
+    keep = dataset.learnable_images()
     if not keep:
         raise DetectionError("no train image has a box to learn from (all are empty, crowd or ignored); check the "
                              "labels, or set filter_empty_gt=false")  # fmt: skip
@@ -644,8 +637,6 @@ def run_detection(
         },  # fmt: skip
     }
     if info.is_main:
-        from poodle.evaluation.tables import write_results
-
         (out_dir / "coco_eval.txt").write_text(summary)
         atomic_save({"kind": "poodle.detector/1", "head": cfg.head, "state": trained_state(model),
                      "config": cfg.to_dict(), "classes": classes, "backbone": str(backbone_spec),
@@ -665,60 +656,6 @@ def _version() -> str:
     from poodle import __version__
 
     return __version__
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# tables
-
-
-def table1_detection_row(results: dict[str, Any], label: str) -> str:
-    """One Markdown row under `TABLE1_DET_HEADER`: the result's mAP in its head's column, `-` in the other."""
-    from poodle.evaluation.tables import fmt_pct
-
-    m = results.get("method") or {}
-    ap = fmt_pct(results["metrics"].get("ap"))
-    cells = [label, _arch_label(m.get("arch")), str(m.get("epochs") or "-"), str(m.get("pretrain") or "-"),
-             str(results.get("dataset", "-")), ap if results.get("head") == "c4" else "-",
-             ap if results.get("head") == "fpn" else "-"]  # fmt: skip
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-
-def _arch_label(arch: str | None) -> str:
-    return {"resnet18": "R18", "resnet34": "R34", "resnet50": "R50"}.get(arch or "", arch or "-")
-
-
-def detection_tables(results: dict[str, Any], label: str) -> str:
-    """table.md: the Table 1-style row, the 12 COCO numbers and per-class AP (percentages, `-` when undefined)."""
-    from poodle.evaluation.tables import fmt_pct
-
-    m = results["metrics"]
-    head = results.get("head", "?").upper()
-    coco_names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-    lines = [
-        f"## {results['dataset']} detection readout: Faster R-CNN {head}, frozen backbone ({results['steps']} steps)",
-        "",
-        "### Table 1 layout (mAP = COCO AP at IoU 0.50:0.95)",
-        "",
-        "| " + " | ".join(TABLE1_DET_HEADER) + " |",
-        "|" + "---|" * len(TABLE1_DET_HEADER),
-        table1_detection_row(results, label),
-        "",
-        "### COCO metrics",
-        "",
-        "| " + " | ".join(coco_names) + " |",
-        "|" + "---|" * len(coco_names),
-        "| " + " | ".join(fmt_pct(m.get(k)) for k in COCO_STATS) + " |",
-        "",
-        "### Per-class AP",
-        "",
-        "| | " + " | ".join(results["classes"]) + " |",
-        "|" + "---|" * (len(results["classes"]) + 1),
-        "| AP | " + " | ".join(fmt_pct(a) for a in m["per_class_ap"]) + " |",
-        "| AP50 | " + " | ".join(fmt_pct(a) for a in m["per_class_ap50"]) + " |",
-        "| GT boxes | " + " | ".join(str(n) for n in m["num_gt"]) + " |",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,9 +14,14 @@ Schema (`"schema": "poodle.results/1"`), every number a fraction in [0, 1], NaN 
       "config": {...}                                       # the resolved readout config
     }
 
+A detection readout's file has `"task": "detection"`, `"readout": "faster_rcnn_c4" | "faster_rcnn_fpn"`, `"head"`
+and COCO metrics instead: `"metrics": {"ap", "ap50", "ap75", "ap_small", ..., "ar_large", "per_class_ap",
+"per_class_ap50", "num_gt", "num_images", "num_detections"}` (see `poodle.evaluation.detection`).
+
 Tables print percentages with one decimal and "-" for a missing value: `table1_row` / `table1` (Table 1: mIoU and
 Acc per dataset and readout), `table3_rows` (Table 3: group mIoU; with metric="Acc" Table 6), `per_class_table`
-(Table 9) and `compare_table` (all of them side by side, one label per result).
+(Table 9), `coco_table` / `detection_tables` (detection) and `compare_table` (all of them side by side, one
+label per result; detection results get mAP / AP50 columns in Table 1 and their own COCO table).
 """
 
 from __future__ import annotations
@@ -58,8 +63,12 @@ BDD100K_TABLE9: tuple[tuple[str, str], ...] = (
     ("rider", "Rider"),
     ("traffic light", "Tr. Light"),
 )
-DATASET_ABBREV = {"bdd100k": "BDD", "cityscapes": "CS", "ade20k": "ADE", "wtsem": "WT-Sem", "synthdrive": "Synth"}
-READOUT_ABBREV = {"linear": "Lin", "upernet": "UperNet", "finetune": "FT"}
+# Column titles: dataset and readout as a reader knows them (Table 1 abbreviates; a terminal has the room).
+DATASET_NAMES = {"bdd100k": "BDD100K", "cityscapes": "Cityscapes", "ade20k": "ADE20K", "wtsem": "WT-Sem",
+                 "synthdrive": "SynthDrive"}  # fmt: skip
+READOUT_NAMES = {"linear": "linear", "upernet": "UperNet", "finetune": "fine-tuned",
+                 "faster_rcnn_c4": "Faster R-CNN C4", "faster_rcnn_fpn": "Faster R-CNN FPN"}  # fmt: skip
+ARCH_ABBREV = {"resnet18": "R18", "resnet34": "R34", "resnet50": "R50"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,11 +151,14 @@ def read_results(path: str | Path) -> dict[str, Any]:
         d = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{p} is not valid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{p} is not a poodle results file (a JSON object is expected)")
     missing = [k for k in REQUIRED_KEYS if k not in d]
     if missing:
         raise ValueError(f"{p} lacks results keys {missing}")
-    if len(d["classes"]) != len(d["metrics"].get("per_class_iou", [])):
-        raise ValueError(f"{p}: {len(d['classes'])} classes but {len(d['metrics']['per_class_iou'])} per-class IoUs")
+    per_class, what = ("per_class_ap", "per-class APs") if is_detection(d) else ("per_class_iou", "per-class IoUs")
+    if len(d["classes"]) != len(d["metrics"].get(per_class, [])):
+        raise ValueError(f"{p}: {len(d['classes'])} classes but {len(d['metrics'].get(per_class, []))} {what}")
     return d
 
 
@@ -210,19 +222,42 @@ def _as_list(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[M
     return [results] if isinstance(results, Mapping) else list(results)
 
 
-def _method_cells(r: Mapping[str, Any], label: str) -> list[str]:
+def _arch(arch: Any) -> str:
+    return ARCH_ABBREV.get(str(arch), str(arch)) if arch else "-"
+
+
+def _shows_epochs(results: Sequence[Mapping[str, Any]]) -> bool:
+    """The "Epochs" column is shown only when some result states its pretraining epochs (a column of dashes
+    reads as missing data)."""
+    return any((r.get("method") or {}).get("epochs") not in (None, "") for r in results)
+
+
+def _method_header(epochs: bool) -> list[str]:
+    return ["Method", "Arch"] + (["Epochs"] if epochs else []) + ["Pretrained on"]
+
+
+def _method_cells(r: Mapping[str, Any], label: str, epochs: bool = True) -> list[str]:
     m = r.get("method") or {}
-    return [_cell(label), _cell(m.get("arch")), _cell(m.get("epochs")), _cell(m.get("pretrain"))]
+    return (
+        [_cell(label), _cell(_arch(m.get("arch")))]
+        + ([_cell(m.get("epochs"))] if epochs else [])
+        + [_cell(m.get("pretrain"))]
+    )
 
 
 def readout_key(r: Mapping[str, Any]) -> str:
-    """Column prefix of Table 1, e.g. "BDD Lin" (dataset and readout abbreviated like the paper)."""
+    """Column prefix of Table 1, e.g. "BDD100K linear" or "BDD100K Faster R-CNN C4" (dataset and readout)."""
     ds = str(r.get("dataset", "?"))
     ro = str(r.get("readout", "?"))
-    return f"{DATASET_ABBREV.get(ds.lower(), ds)} {READOUT_ABBREV.get(ro.lower(), ro)}"
+    return f"{DATASET_NAMES.get(ds.lower(), ds)} {READOUT_NAMES.get(ro.lower(), ro)}"
 
 
-TABLE1_HEADER = ("Method", "Arch", "Ep.", "Pretrain", "Dataset", "Readout", "mIoU", "Acc")
+def _task_columns(r: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(column title, metrics key) of one Table 1 cell group: mIoU and Acc, or COCO mAP and AP50 for detection."""
+    return (("mAP", "ap"), ("AP50", "ap50")) if is_detection(r) else (("mIoU", "miou"), ("Acc", "aacc"))
+
+
+TABLE1_HEADER = ("Method", "Arch", "Epochs", "Pretrained on", "Dataset", "Readout", "mIoU", "Acc")
 
 
 def table1_row(results: Mapping[str, Any], label: str | None = None) -> str:
@@ -239,28 +274,29 @@ def table1_row(results: Mapping[str, Any], label: str | None = None) -> str:
 
 
 def table1(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> str:
-    """Table 1 layout: one row per label, "<DS> <readout> mIoU | Acc" column pairs (results sharing a label and
-    differing in dataset/readout share a row, like the paper's PooDLe row)."""
+    """Table 1 layout: one row per label, "<dataset> <readout> mIoU | Acc" column pairs ("mAP | AP50" for a
+    detection readout). Results sharing a label and differing in dataset/readout share a row, like the paper's
+    PooDLe row."""
     results = _as_list(results)
     labels = _labels(results, labels)
-    keys: list[str] = []
+    keys: dict[str, tuple[tuple[str, str], ...]] = {}
     rows: list[tuple[str, Mapping[str, Any], dict[str, Mapping[str, Any]]]] = []
     for label, r in zip(labels, results):
         key = readout_key(r)
-        if key not in keys:
-            keys.append(key)
+        keys.setdefault(key, _task_columns(r))
         row = next((x for x in rows if x[0] == label and key not in x[2]), None)
         if row is None:
             rows.append((label, r, {key: r}))
         else:
             row[2][key] = r
-    header = ["Method", "Arch", "Ep.", "Pretrain"] + [f"{k} {m}" for k in keys for m in ("mIoU", "Acc")]
+    epochs = _shows_epochs(results)
+    header = _method_header(epochs) + [f"{k} {title}" for k, cols in keys.items() for title, _ in cols]
     body = []
     for label, first, by_key in rows:
-        cells = _method_cells(first, label)
-        for k in keys:
+        cells = _method_cells(first, label, epochs)
+        for k, cols in keys.items():
             m = by_key[k]["metrics"] if k in by_key else {}
-            cells += [fmt_pct(m.get("miou")), fmt_pct(m.get("aacc"))]
+            cells += [fmt_pct(m.get(name)) for _, name in cols]
         body.append(cells)
     return _table(header, body)
 
@@ -270,7 +306,8 @@ def table3_rows(
     labels: Sequence[str] | None = None,
     metric: str = "mIoU",
 ) -> str:
-    """Table 3 (metric="mIoU") or Table 6 (metric="Acc"): Method | Pretrain | All | Small | Large | Rare | Common."""
+    """Table 3 (metric="mIoU") or Table 6 (metric="Acc"): Method | Pretrained on | All | Small | Large | Rare |
+    Common."""
     if metric not in ("mIoU", "Acc"):
         raise ValueError(f"metric must be 'mIoU' or 'Acc', got {metric!r}")
     results = _as_list(results)
@@ -284,7 +321,7 @@ def table3_rows(
         vals = gm[metric] if gm else {"All": r["metrics"].get("miou" if metric == "mIoU" else "aacc")}
         pretrain = (r.get("method") or {}).get("pretrain")
         body.append([_cell(label), _cell(pretrain)] + [fmt_pct(vals.get(g)) for g in GROUP_NAMES])
-    return _table(["Method", "Pretrain", *GROUP_NAMES], body)
+    return _table(["Method", "Pretrained on", *GROUP_NAMES], body)
 
 
 def _class_columns(classes: Sequence[str]) -> list[tuple[int, str]]:
@@ -295,13 +332,9 @@ def _class_columns(classes: Sequence[str]) -> list[tuple[int, str]]:
     return list(enumerate(classes))
 
 
-def per_class_table(
-    results: Mapping[str, Any] | Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None
-) -> str:
-    """Table 9: per-class IoU, one column per class, one row per result. Results with different class lists get
-    separate tables (separated by a blank line)."""
-    results = _as_list(results)
-    labels = _labels(results, labels)
+def _per_class(results: Sequence[Mapping[str, Any]], labels: Sequence[str], key: str, columns=_class_columns) -> str:
+    """One row per result of `metrics[key]` (a per-class list), one column per class; results with different
+    class lists get separate tables (separated by a blank line)."""
     by_classes: dict[tuple[str, ...], list[tuple[str, Mapping[str, Any]]]] = {}
     if len({readout_key(r) for r in results}) > 1:
         labels = [f"{label} ({readout_key(r)})" for label, r in zip(labels, results)]
@@ -309,28 +342,130 @@ def per_class_table(
         by_classes.setdefault(tuple(r["classes"]), []).append((label, r))
     tables = []
     for classes, items in by_classes.items():
-        cols = _class_columns(classes)
+        cols = columns(classes)
         body = []
         for label, r in items:
-            iou = r["metrics"]["per_class_iou"]
+            values = r["metrics"][key]
             pretrain = (r.get("method") or {}).get("pretrain")
-            body.append([_cell(label), _cell(pretrain)] + [fmt_pct(iou[i]) for i, _ in cols])
-        tables.append(_table(["Method", "Pretrain"] + [_cell(t) for _, t in cols], body))
+            body.append([_cell(label), _cell(pretrain)] + [fmt_pct(values[i]) for i, _ in cols])
+        tables.append(_table(["Method", "Pretrained on"] + [_cell(t) for _, t in cols], body))
     return "\n\n".join(tables)
+
+
+def per_class_table(
+    results: Mapping[str, Any] | Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None
+) -> str:
+    """Table 9: per-class IoU, one column per class, one row per result. Results with different class lists get
+    separate tables (separated by a blank line)."""
+    results = _as_list(results)
+    return _per_class(results, _labels(results, labels), "per_class_iou")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# detection results (`"task": "detection"`, written by poodle.evaluation.detection)
+
+# pycocotools' 12 summary numbers in `COCOeval.stats` order: results.json key and column title.
+COCO_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75"), ("ap_small", "APs"), ("ap_medium", "APm"),
+    ("ap_large", "APl"), ("ar_1", "AR1"), ("ar_10", "AR10"), ("ar_100", "AR100"), ("ar_small", "ARs"),
+    ("ar_medium", "ARm"), ("ar_large", "ARl"),
+)  # fmt: skip
+TABLE1_DET_HEADER = ("Method", "Arch", "Epochs", "Pretrained on", "Dataset", "Det C4 mAP", "Det FPN mAP")
+
+
+def is_detection(results: Mapping[str, Any]) -> bool:
+    return results.get("task") == "detection"
+
+
+def table1_detection_row(results: Mapping[str, Any], label: str) -> str:
+    """One Markdown row under `TABLE1_DET_HEADER`: the result's mAP in its head's column, "-" in the other."""
+    ap = fmt_pct(results["metrics"].get("ap"))
+    head = results.get("head")
+    cells = _method_cells(results, label) + [
+        _cell(DATASET_NAMES.get(str(results.get("dataset")), results.get("dataset"))),
+        ap if head == "c4" else "-",
+        ap if head == "fpn" else "-",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def coco_table(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> str:
+    """COCO's 12 numbers, one row per detection result: Method | Readout | AP | AP50 | ... | ARl."""
+    results = _as_list(results)
+    labels = _labels(results, labels)
+    body = [
+        [_cell(label), _cell(readout_key(r))] + [fmt_pct(r["metrics"].get(k)) for k, _ in COCO_COLUMNS]
+        for label, r in zip(labels, results)
+    ]
+    return _table(["Method", "Readout", *(t for _, t in COCO_COLUMNS)], body)
+
+
+def per_class_ap_table(
+    results: Mapping[str, Any] | Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None
+) -> str:
+    """Per-class COCO AP of detection results, one column per class in the dataset's order."""
+    results = _as_list(results)
+    return _per_class(results, _labels(results, labels), "per_class_ap", columns=lambda c: list(enumerate(c)))
+
+
+def detection_tables(results: Mapping[str, Any], label: str) -> str:
+    """A detection run's table.md: the Table 1-style row, the 12 COCO numbers and per-class AP50/AP with the
+    number of ground-truth boxes per class."""
+    m = results["metrics"]
+    head = str(results.get("head", "?")).upper()
+    classes = results["classes"]
+    return "\n".join([
+        f"## {results['dataset']} detection readout: Faster R-CNN {head}, frozen backbone ({results['steps']} steps)",
+        "",
+        "### Table 1 layout (mAP = COCO AP at IoU 0.50:0.95)",
+        "",
+        "| " + " | ".join(TABLE1_DET_HEADER) + " |",
+        "|" + "---|" * len(TABLE1_DET_HEADER),
+        table1_detection_row(results, label),
+        "",
+        "### COCO metrics",
+        "",
+        coco_table(results, [label]),
+        "",
+        "### Per-class AP",
+        "",
+        "| | " + " | ".join(_cell(c) for c in classes) + " |",
+        "|" + "---|" * (len(classes) + 1),
+        "| AP | " + " | ".join(fmt_pct(a) for a in m["per_class_ap"]) + " |",
+        "| AP50 | " + " | ".join(fmt_pct(a) for a in m["per_class_ap50"]) + " |",
+        "| GT boxes | " + " | ".join(str(n) for n in m["num_gt"]) + " |",
+        "",
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def compare_table(
     results: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None, per_class: bool = False
 ) -> str:
-    """Several results side by side: Table 1 (mIoU/Acc), Table 3 (group mIoU), Table 6 (group Acc), optionally
-    Table 9 (per-class IoU), as Markdown sections."""
+    """Several results side by side, as Markdown sections: Table 1 (mIoU/Acc per segmentation readout, mAP/AP50
+    per detection readout), then for segmentation Table 3 (group mIoU) and Table 6 (group Acc), for detection
+    COCO's 12 numbers; with `per_class`, Table 9 (per-class IoU) and per-class AP."""
     results = _as_list(results)
     labels = _labels(results, labels)
-    parts = [
-        "### mIoU and pixel accuracy (Table 1 layout)\n\n" + table1(results, labels),
-        "### mIoU by class group (Table 3 layout)\n\n" + table3_rows(results, labels, "mIoU"),
-        "### Pixel accuracy by class group (Table 6 layout)\n\n" + table3_rows(results, labels, "Acc"),
-    ]
-    if per_class:
-        parts.append("### Per-class IoU (Table 9 layout)\n\n" + per_class_table(results, labels))
+    seg = [(label, r) for label, r in zip(labels, results) if not is_detection(r)]
+    det = [(label, r) for label, r in zip(labels, results) if is_detection(r)]
+    title = "mIoU and pixel accuracy" if not det else "mIoU / pixel accuracy and detection mAP / AP50"
+    parts = [f"### {title} (Table 1 layout)\n\n" + table1(results, labels)]
+    if seg:
+        s_labels, s_results = [x[0] for x in seg], [x[1] for x in seg]
+        parts += [
+            "### mIoU by class group (Table 3 layout)\n\n" + table3_rows(s_results, s_labels, "mIoU"),
+            "### Pixel accuracy by class group (Table 6 layout)\n\n" + table3_rows(s_results, s_labels, "Acc"),
+        ]
+        if per_class:
+            parts.append("### Per-class IoU (Table 9 layout)\n\n" + per_class_table(s_results, s_labels))
+    if det:
+        d_labels, d_results = [x[0] for x in det], [x[1] for x in det]
+        parts.append(
+            "### Detection: COCO metrics (AP at IoU 0.50:0.95 unless named)\n\n" + coco_table(d_results, d_labels)
+        )
+        if per_class:
+            parts.append("### Detection: per-class AP\n\n" + per_class_ap_table(d_results, d_labels))
     return "\n\n".join(parts) + "\n"
