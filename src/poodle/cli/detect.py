@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from poodle.evaluation.backbones import BackboneError
     from poodle.evaluation.detection import DetectionError, run_detection
     from poodle.evaluation.detection_config import default_config_name, load_detection_config
+    from poodle.evaluation.readout import ReadoutError
 
     name = args.config or default_config_name(args.dataset)
     cfg = load_detection_config(name, [f"head={args.head}", *args.overrides, *args.set_overrides])
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_detection(weights, args.dataset, args.data, cfg, args.out, steps=args.steps, arch=args.arch,
                                 method={"name": label}, progress=not args.no_progress,
                                 resume=not args.no_resume)  # fmt: skip
-    except (BackboneError, CheckpointError, DetectionDataError, DetectionError, FileNotFoundError) as e:
+    except (BackboneError, CheckpointError, DetectionDataError, DetectionError, ReadoutError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
     is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     shutdown_distributed()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,6 +55,16 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     t = t.detach().clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t / info.world_size
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` without DDP. Used for per-rank RNG
+    states, which a checkpoint stores so that each rank resumes its own stream."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:

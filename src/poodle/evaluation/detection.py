@@ -51,9 +51,10 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed
 from poodle.evaluation.backbones import FeatureBackbone, load_backbone
 from poodle.evaluation.detection_config import RESUMABLE_KEYS, DetectionConfig
+from poodle.evaluation.readout import resolve_device
 from poodle.evaluation.tables import COCO_COLUMNS, detection_tables, write_results
 from poodle.progress import progress_bar
 
@@ -384,14 +385,6 @@ def predict(model: nn.Module, dataset, indices: Sequence[int], device: torch.dev
 # the readout
 
 
-def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise DetectionError("device=cuda but CUDA is not available")
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
-
-
 def _check_data(data_root, info: DistInfo) -> dict[str, Any]:
     """`check_detection_data` on train and val, on rank 0, before anything is built; the verdict is broadcast, so
     every rank stops with the same line or none does."""
@@ -455,7 +448,7 @@ def run_detection(
     out_dir = Path(out_dir)
     info = init_distributed("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                             else "cpu")  # fmt: skip
-    device = _resolve_device(cfg.device, info)
+    device = resolve_device(cfg.device, info)
     if cfg.batch_size % info.world_size:
         raise DetectionError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     per_rank = cfg.batch_size // info.world_size
@@ -520,11 +513,7 @@ def run_detection(
     saved = {"step": start_step if start_step > 0 else None}  # what last.pt holds
 
     def save(step: int) -> None:
-        states = [rng_state()]
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, states[0])
-            states = gathered
+        states = gather_objects(rng_state(), info)
         if info.is_main:
             atomic_save({"kind": CHECKPOINT_KIND, "step": step, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "rng": states, "world_size": info.world_size,
