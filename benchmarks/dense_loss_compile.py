@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=[256, 512], help="full resolution H W")
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--resample", choices=["sequential", "composed"], default="sequential",
+                    help="objective.dense_resample: how the stride-8 maps reach full resolution")  # fmt: skip
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     def loss_and_grad(fn) -> tuple[float, torch.Tensor]:
         online.grad = None
         loss, _ = fn(online, target, flow, -flow, online_geo, target_geo, o.occlusion_alpha1, o.occlusion_alpha2,
-                     o.target_order, chunk=o.dense_chunk)  # fmt: skip
+                     o.target_order, chunk=o.dense_chunk, resample=args.resample)  # fmt: skip
         loss.backward()
         return loss, online.grad
 
@@ -73,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     _, eager_s, eager_loss, eager_grad = timed(chunked_dense_loss)
     compile_s, compiled_s, compiled_loss, compiled_grad = timed(torch.compile(chunked_dense_loss))
     cos = torch.nn.functional.cosine_similarity(eager_grad.flatten().double(), compiled_grad.flatten().double(), 0)
-    print(f"chunked_dense_loss fwd+bwd on {device}: {b} images, {c} channels, {h} x {w}, chunk {o.dense_chunk}, "
-          f"maps {dtype}, torch {torch.__version__}")  # fmt: skip
+    print(f"chunked_dense_loss ({args.resample}) fwd+bwd on {device}: {b} images, {c} channels, {h} x {w}, "
+          f"chunk {o.dense_chunk}, maps {dtype}, torch {torch.__version__}")  # fmt: skip
     print(f"  eager     {1e3 * eager_s:9.1f} ms")
     print(f"  compiled  {1e3 * compiled_s:9.1f} ms  ({eager_s / compiled_s:.2f}x; compiling took {compile_s:.0f} s)")
     print(f"  loss {eager_loss:.6f} vs {compiled_loss:.6f}; gradient cosine {cos.item():.6f}")
     if args.json:
-        figures = {"images": b, "size": [h, w], "channels": c, "eager_s": eager_s, "compiled_s": compiled_s,
-                   "compile_s": compile_s, "loss": [eager_loss, compiled_loss], "grad_cosine": cos.item()}  # fmt: skip
+        figures = {"images": b, "size": [h, w], "channels": c, "resample": args.resample, "eager_s": eager_s,
+                   "compiled_s": compiled_s, "compile_s": compile_s, "loss": [eager_loss, compiled_loss],
+                   "grad_cosine": cos.item()}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0 if abs(eager_loss - compiled_loss) <= 1e-3 * abs(eager_loss) and cos > 0.999 else 1
 

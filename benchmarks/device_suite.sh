@@ -33,5 +33,7 @@ step full_ours_shards 220 benchmarks/train_step.py --config full --device cuda -
     --steps 10
 # 4. The full-resolution dense loss alone, eager vs compiled: the roofline's bottleneck (143 of 215 ms eager)
 step dense_loss 90 benchmarks/dense_loss_compile.py --device cuda --images 16 --size 512 1024
-# (the ablation config, 256x512, if time is left in a second call:
-#  python3 benchmarks/train_step.py --config ablation --device cuda --steps 5)
+# (in a second call if time is left: the ablation config, 256x512, and the composed dense-loss resampling:
+#  python3 benchmarks/train_step.py --config ablation --device cuda --steps 5
+#  python3 benchmarks/train_step.py --config full --device cuda --paths ours --steps 5 objective.dense_resample=composed
+#  python3 benchmarks/dense_loss_compile.py --device cuda --images 16 --size 512 1024 --resample composed)

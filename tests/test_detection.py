@@ -3,6 +3,8 @@ schedule and batches, and a tiny end-to-end run (CLI, results.json, table, figur
 
 import argparse
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -236,7 +238,7 @@ def _cli(argv):
 
 
 @pytest.mark.slow
-def test_end_to_end_results_figure_and_exact_resume(tmp_path, capsys):
+def test_end_to_end_results_figure_and_exact_resume(tmp_path, capsys, monkeypatch):
     data = _write_det_dataset(tmp_path / "det")
     over = [*TINY, "batch_size=2", "log_every=1", "figures=2", "figure_score=0.0", "filter_empty_gt=false"]
     straight = tmp_path / "straight"
@@ -283,6 +285,27 @@ def test_end_to_end_results_figure_and_exact_resume(tmp_path, capsys):
     with pytest.raises(DetectionError, match=r"lr: run has 0.005, now 0.01"):
         run_detection("random", "synthdrive", data, load_detection_config("detection_synthdrive_cpu",
                       ["head=fpn", *over, "lr=0.01"]), resumed, steps=2, arch="resnet18", progress=False)  # fmt: skip
+
+    # SIGTERM (preemption) during step 2 of 3: that step is finished and saved, the run returns, a rerun resumes.
+    import poodle.evaluation.detection as D
+
+    real_lr_factor = D.lr_factor
+
+    def sigterm_at_step_1(step, total, recipe):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr_factor(step, total, recipe)
+
+    monkeypatch.setattr(D, "lr_factor", sigterm_at_step_1)
+    stopped = run_detection("random", "synthdrive", data, cfg, tmp_path / "sig", steps=3, arch="resnet18",
+                            progress=False)  # fmt: skip
+    assert stopped["interrupted"] == signal.SIGTERM and stopped["step"] == 2
+    assert torch.load(tmp_path / "sig" / "last.pt", weights_only=True)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is not left behind
+    monkeypatch.setattr(D, "lr_factor", real_lr_factor)
+    finished = run_detection("random", "synthdrive", data, cfg, tmp_path / "sig", steps=3, arch="resnet18",
+                             progress=False)  # fmt: skip
+    assert finished["timings"]["resumed_from_step"] == 2 and "ap" in finished["metrics"]
 
     # A non-finite loss stops with a clear error (an infinite lr breaks the weights at step 1).
     broken = load_detection_config("detection_synthdrive_cpu", ["head=fpn", *over, "figures=0"])

@@ -163,19 +163,26 @@ def test_ddp_two_processes_gloo(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])  # preemption, and Ctrl-C (saves like SIGTERM)
-def test_signal_saves_and_exits_cleanly(tmp_path, sig):
+# Preemption, Ctrl-C (saves like SIGTERM), and a scheduler / `timeout` signalling the whole process group, whose
+# DataLoader workers must not die first (PyTorch's workers exit on SIGTERM, which used to fail the run unsaved).
+@pytest.mark.parametrize("sig,group", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_signal_saves_and_exits_cleanly(tmp_path, sig, group):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "poodle", "pretrain", "--out", str(out), "--steps", "1000", *TINY]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = ["data.workers=1"] if group else []
+    cmd = [sys.executable, "-m", "poodle", "pretrain", "--out", str(out), "--steps", "1000", *TINY, *workers]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=group)  # fmt: skip
     deadline = time.time() + 300
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("step 1:") or time.time() > deadline:
             break
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)  # the process and its DataLoader worker, as SLURM or `timeout` do
+    else:
+        proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, "".join(lines) + rest
     assert f"received signal {int(sig)}" in rest

@@ -70,8 +70,10 @@ def test_dilated_encoder_is_the_a_trous_version_of_the_strided_one(arch):
     assert dilated.channels == strided.channels == expected
     assert [f.shape for f in b.values()] == [(1, c2, 8, 12), (1, c3, 8, 12), (1, c4, 8, 12)]
     torch.testing.assert_close(b["layer2"], a["layer2"])
-    torch.testing.assert_close(b["layer3"][..., ::2, ::2], a["layer3"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(b["layer4"][..., ::4, ::4], a["layer4"], rtol=1e-4, atol=1e-4)
+    # fp32 convolutions sum in a different order when dilated (and per thread count): ~1e-4 apart on ResNet-50's
+    # deep layers; a wrong dilation factor is off by O(1).
+    torch.testing.assert_close(b["layer3"][..., ::2, ::2], a["layer3"], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(b["layer4"][..., ::4, ::4], a["layer4"], rtol=1e-3, atol=1e-3)
 
 
 def test_backbone_state_dict_loads_into_torchvision_resnet50():

@@ -227,3 +227,26 @@ def test_cli_prepare_then_pretrain(synth, tmp_path, capsys):
     assert (run / "last.pt").is_file()
     assert main(["pretrain", "--dataset", "shards", "--data", str(tmp_path / "none"), "--out", str(run)]) == 2
     assert "shards folder not found" in capsys.readouterr().err
+
+
+def test_the_folder_is_a_wids_dataset_and_the_reader_pickles(gt_shards, tmp_path):
+    import pickle
+    import shutil
+
+    import wids
+
+    ds = ShardPairs(gt_shards)
+    ours = ds.read(5)
+    assert set(ours) == {"frame_a.png", "frame_b.png", "flow_ab.npy", "flow_ba.npy", "meta.json"}
+    # wids' own dataset class reads the same bytes from index.json (identity localname: no copy into a cache)
+    theirs = wids.ShardListDataset(str(gt_shards / "index.json"), localname=lambda url: url, transformations=[])
+    assert {k[1:]: v.getvalue() for k, v in theirs[5].items() if k.startswith(".")} == ours
+    theirs.close()
+    assert pickle.loads(pickle.dumps(ds)).read(5) == ours  # what a spawned DataLoader worker receives
+    # A shard whose sample count disagrees with index.json is refused by name.
+    shutil.copytree(gt_shards, tmp_path / "bad")
+    index = json.loads((tmp_path / "bad" / "index.json").read_text())
+    index["shardlist"][0]["nsamples"] += 1
+    (tmp_path / "bad" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardError, match=r"shard-000000.tar holds \d+ samples, index.json says"):
+        ShardPairs(tmp_path / "bad").read(0)

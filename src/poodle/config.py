@@ -31,18 +31,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Encoder, spatial decoder module (SDM) and projection heads (spec section 2)."""
+    """Encoder, spatial decoder module (SDM) and projection heads."""
 
     arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
-    dilated: bool = False  # output stride 8 (FlowE's encoder; rows without top-down in spec Table 4)
+    dilated: bool = False  # output stride 8 (FlowE's encoder; rows without top-down in the paper's Table 4)
     decoder_top_down: bool = True  # SDM Bottleneck + 2x upsample stages
     decoder_lateral: bool = True  # SDM 1x1 lateral connections from layer3/layer2
-    decoder_bottleneck_first: bool = True  # decision 1: Bottleneck at coarse res, then upsample
+    decoder_bottleneck_first: bool = True  # Bottleneck at coarse res, then upsample
     decoder_reduction: int = 8  # Bottleneck width = decoder channels / reduction (2048 -> 256)
     proj_hidden_dim: int = 4096
     proj_out_dim: int = 256
     # Bias of the first 1x1 conv of every projector/predictor; it sits right before a BatchNorm, which removes it.
-    # The release's PooDLe has it, its in-house FlowE does not (baselines-spec 6 rows 3-4).
+    # The release's PooDLe has it, its in-house FlowE does not.
     head_bias: bool = True
     init: str = "random"  # random | imagenet:PATH (torchvision ResNet state dict file)
 
@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Which losses run and how they are weighted (spec section 4, decisions 3 and 10)."""
+    """Which losses run and how they are weighted."""
 
     dense: bool = True
     pooled: bool = True
@@ -70,20 +70,24 @@ class ObjectiveConfig:
     occlusion_alpha2: float = 0.5
     occlusion_threshold_px: float = 3.54  # "absolute" only; the release's 10 / sqrt(8)
     mask_out_of_frame: bool = True  # drop pixels whose flow leaves the frame (PooDLe); FlowE has no such mask
-    # "exact" (decision 15) or "release": the release's half-pixel feature warp (coordinates normalised by W - 1,
+    # "exact" (pixel centres) or "release": the release's half-pixel feature warp (coordinates normalised by W - 1,
     # sampled with align_corners=False), for reproducing it bit for bit. Used by every warp of the dense target.
     warp_convention: str = "exact"
     # Bring the target branch's affine-valid mask along the flow into online pixels (true); the release
     # multiplies it in unwarped.
     warp_target_valid: bool = True
     dense_eps: float = 1e-7  # masked-mean denominator: sum(m) + eps (PooDLe 1e-7, FlowE 1e-6)
-    # decision 3: "unaffine_then_warp" (paper, default) or "warp_then_unaffine" (release)
+    # "unaffine_then_warp" (paper, default) or "warp_then_unaffine" (release)
     target_order: str = "unaffine_then_warp"
     ema_momentum: float = 0.996  # start of the cosine EMA schedule (ends at 1)
     # The release lets the subcrop pass update the encoder's BN running statistics too (true), leaving them about
     # half subcrop statistics; false (default) keeps them full-frame statistics. Training maths are the same.
     bn_stats_from_subcrops: bool = False
     dense_chunk: int = 2  # images per chunk of the full-resolution dense loss (memory); <= 0: all at once
+    # How the stride-8 maps reach full resolution in the dense loss: "sequential" (upsample x8, undo the flip/affine,
+    # warp: the paper's and release's resamplings, one after another) or "composed" (one bilinear read of the
+    # stride-8 map at the composed coordinates; equal up to cell-edge and rotation terms, see docs/method.md).
+    dense_resample: str = "sequential"
 
     def validate(self) -> None:
         if not (self.dense or self.pooled):
@@ -91,6 +95,7 @@ class ObjectiveConfig:
         _choice("objective.target_order", self.target_order, ("unaffine_then_warp", "warp_then_unaffine"))
         _choice("objective.occlusion", self.occlusion, ("ddflow", "absolute"))
         _choice("objective.warp_convention", self.warp_convention, ("exact", "release"))
+        _choice("objective.dense_resample", self.dense_resample, ("sequential", "composed"))
         _positive("objective.occlusion_threshold_px", self.occlusion_threshold_px)
         _positive("objective.dense_eps", self.dense_eps)
         _in_range("objective.ema_momentum", self.ema_momentum, 0.0, 1.0)
@@ -98,7 +103,7 @@ class ObjectiveConfig:
 
 @dataclass
 class SubcropConfig:
-    """Flow-aware subcrops for the pooled loss (spec section 3.7, decisions 6-9)."""
+    """Flow-aware subcrops for the pooled loss."""
 
     num: int = 6  # K pairs per online image
     area: tuple[float, float] = (0.05, 0.3)  # online subcrop area, fraction of the global crop
@@ -108,7 +113,7 @@ class SubcropConfig:
     jitter: float = 0.10  # centre jitter as a fraction of the global crop's H and W
     tries: int = 5  # attempts to land the paired centre in bounds before the same-frame fallback
     # inside: online boxes kept inside the image; release: centres clamped from below only, so online boxes may run
-    # past the bottom/right edge into zero padding (the authors' release, spec 11)
+    # past the bottom/right edge into zero padding (the authors' release)
     clamp: str = "inside"
     # resized_crop: exactly torchvision's resized_crop (bilinear, antialiased when shrinking, zero padding);
     # roi_align: one bilinear sample per output pixel, no antialias (faster, the pre-issue-12 behaviour)
@@ -128,7 +133,7 @@ class SubcropConfig:
 
 @dataclass
 class AugmentConfig:
-    """Photometric (spec 3.4, decision 5) and dense-branch geometric (spec 3.5, decision 4) augmentation."""
+    """Photometric and dense-branch geometric augmentation."""
 
     color_jitter_p: float = 0.8
     brightness: float = 0.8
@@ -161,7 +166,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """Where frame pairs come from and how they are cropped (spec 3.1-3.3)."""
+    """Where frame pairs come from and how they are cropped."""
 
     dataset: str = "bdd100k"  # bdd100k | wt | folder | synthdrive | shards
     root: str = ""
@@ -189,7 +194,7 @@ class DataConfig:
 
 @dataclass
 class FlowConfig:
-    """Optical flow source (spec 2.6, decision 14)."""
+    """Optical flow source."""
 
     source: str = "raft_large"  # raft_large | raft_small | dis | gt
     weights: str = ""  # local weight file; empty = torch hub cache
@@ -202,7 +207,7 @@ class FlowConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and per-step schedules (spec 5.1, decision 11)."""
+    """Optimiser and per-step schedules."""
 
     optimizer: str = "adamw"  # adamw | lars | sgd
     lr: float = 5e-4
@@ -216,7 +221,7 @@ class OptimConfig:
     decay_norm_and_bias: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
-    batch_size: int = 128  # global number of pairs per step (decision 12)
+    batch_size: int = 128  # global number of pairs per step
     warmup_epochs: float = 2.0
     schedule_epochs: float = 300.0  # cosine horizon
     stop_epochs: float = 100.0  # where training stops (the release stops at 100 of 300)
@@ -234,13 +239,13 @@ class OptimConfig:
             )
 
 
-# ---- baseline methods (baselines-spec sections 1-4). Each section is used only when `method` names it; view sizes
+# ---- baseline methods. Each section is used only when `method` names it; view sizes
 # are (H, W) because the paper trains its R50 baselines on 512 x 1024 crops of BDD100K (v3).
 
 
 @dataclass
 class ByolConfig:
-    """BYOL (baselines-spec 1): two views, online predictor regresses the EMA target's projection."""
+    """BYOL: two views, online predictor regresses the EMA target's projection."""
 
     views: str = "frames"  # frames: view 1 from frame a, view 2 from frame b of a pair; crops: both from frame a
     crop_size: tuple[int, int] = (224, 224)  # RandomResizedCrop output (H, W)
@@ -259,7 +264,7 @@ class ByolConfig:
 
 @dataclass
 class DinoConfig:
-    """DINO with a ResNet-50 (baselines-spec 2): multi-crop self-distillation with centring."""
+    """DINO with a ResNet-50: multi-crop self-distillation with centring."""
 
     views: str = "frames"  # frames: global crop 1 (and half the locals) from frame a, the rest from frame b
     global_size: tuple[int, int] = (224, 224)
@@ -309,7 +314,7 @@ class DinoConfig:
 
 @dataclass
 class DenseCLConfig:
-    """DenseCL (baselines-spec 3): MoCo-v2 global + dense contrastive losses with queues."""
+    """DenseCL: MoCo-v2 global + dense contrastive losses with queues."""
 
     views: str = "frames"
     crop_size: tuple[int, int] = (224, 224)
@@ -335,7 +340,7 @@ class DenseCLConfig:
 
 @dataclass
 class PixProConfig:
-    """PixPro (baselines-spec 4): pixel propagation module and pixel-to-propagation consistency."""
+    """PixPro: pixel propagation module and pixel-to-propagation consistency."""
 
     views: str = "frames"
     crop_size: tuple[int, int] = (224, 224)
@@ -550,13 +555,14 @@ def _merge(base: dict, over: dict) -> dict:
 # pretraining configs; they share the folder because package data globs configs/*.yaml.
 READOUT_PREFIXES = ("readout_", "upernet_")
 DETECTION_PREFIXES = ("detection_",)
+FLOW_TRAIN_PREFIXES = ("flow_train_",)  # `poodle flow train` recipes (poodle.flowtrain.config)
 
 
 def shipped_configs(kind: str = "pretrain") -> list[str]:
     """Names of the configs shipped with the package (`poodle/configs/*.yaml`).
 
     kind: "pretrain" (the `Config` files), "readout" (segmentation: `readout_*` / `upernet_*`), "detection"
-    (`detection_*`) or "all".
+    (`detection_*`), "flow_train" (`flow_train_*`) or "all".
     """
     root = resources.files("poodle") / "configs"
     names = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
@@ -566,9 +572,11 @@ def shipped_configs(kind: str = "pretrain") -> list[str]:
         return [n for n in names if n.startswith(READOUT_PREFIXES)]
     if kind == "detection":
         return [n for n in names if n.startswith(DETECTION_PREFIXES)]
+    if kind == "flow_train":
+        return [n for n in names if n.startswith(FLOW_TRAIN_PREFIXES)]
     if kind != "pretrain":
-        raise ValueError(f"kind must be pretrain, readout, detection or all, got {kind!r}")
-    return [n for n in names if not n.startswith(READOUT_PREFIXES + DETECTION_PREFIXES)]
+        raise ValueError(f"kind must be pretrain, readout, detection, flow_train or all, got {kind!r}")
+    return [n for n in names if not n.startswith(READOUT_PREFIXES + DETECTION_PREFIXES + FLOW_TRAIN_PREFIXES)]
 
 
 def _read_yaml(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:

@@ -131,8 +131,9 @@ def claim_output_dir(path: str | Path, kind: str, overwrite: bool = False) -> Pa
     return out
 
 
-def check_run_dir(path: str | Path) -> Path:
-    """A pretraining run folder must be new, empty, or a poodle run (to resume): never a folder of other files.
+def check_run_dir(path: str | Path, kind: str = "pretrain") -> Path:
+    """A `kind` run folder must be new, empty, or a poodle run of that kind (to resume): never a folder of other
+    files. `kind` is "pretrain" (`poodle pretrain`) or "flow_train" (`poodle flow train`).
 
     poodle writes `config.yaml`, `last.pt`, `metrics.jsonl`, ...; in a folder it did not make those names could be
     someone else's files, so they are refused before any work. Scheduler logs (`*.out`, `*.err`, `*.log`) may be
@@ -142,8 +143,9 @@ def check_run_dir(path: str | Path) -> Path:
     contents = _listing(out)
     marker = read_marker(out)
     if marker is not None:
-        if marker.get("kind") != "pretrain":
-            raise OutputDirError(f"{out} is a poodle {marker['kind']} output, not a pretraining run folder; "
+        if marker.get("kind") != kind:
+            what = "a pretraining" if kind == "pretrain" else f"a {kind}"
+            raise OutputDirError(f"{out} is a poodle {marker['kind']} output, not {what} run folder; "
                                  "choose another --out")  # fmt: skip
         return out
     if "config.yaml" in contents and ("last.pt" in contents or "metrics.jsonl" in contents):

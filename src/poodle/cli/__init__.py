@@ -24,11 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("poodle.cli.export", "export a trained backbone (torchvision, timm or mmseg layout; SDM optional)"),
     "convert": ("poodle.cli.convert", "convert a published checkpoint (authors' PooDLe/FlowE, DINO, PixPro, DenseCL)"),
     "config": ("poodle.cli.config", "print a resolved config (shipped name or YAML, with key=value overrides)"),
-    "stats": ("poodle.cli.stats", "class statistics of a labelled dataset (spec Table 10 format) and its groups"),
+    "stats": ("poodle.cli.stats", "class statistics of a labelled dataset (as the paper's Table 10) and its groups"),
     "compare": ("poodle.cli.compare", "print results of several evaluations side by side"),
     "analyze": (
         "poodle.cli.analyze",
-        "analyses of a labelled dataset: subcrop-hit probability vs pixel probability (spec App. C)",
+        "analyses of a labelled dataset: subcrop-hit probability vs pixel probability (the paper's App. C)",
     ),
     "study": (
         "poodle.cli.study",
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     prog, rest = f"poodle {command}", argv[1:]
     if command == "eval" and rest[:1] == ["detection"]:  # the detection readout has options of its own
         module_name, prog, rest = "poodle.cli.detect", "poodle eval detection", rest[1:]
+    if command == "flow" and rest[:1] == ["train"]:  # label-free flow training has options of its own
+        module_name, prog, rest = "poodle.cli.flow_train", "poodle flow train", rest[1:]
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=prog, description=module.__doc__ or help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -1,7 +1,7 @@
 """`poodle analyze subcrops --dataset NAME --data ROOT [--split train] [--limit N] [--out DIR]`
 `poodle analyze alignment --shards DIR [--weights RUN|PTH|random --arch A] [--pairs N] [--out DIR]`.
 
-subcrops: subcrop-hit probability vs pixel probability of the foreground classes (spec §1.3, App. C, Fig. 10b):
+subcrops: subcrop-hit probability vs pixel probability of the foreground classes (PooDLe paper, App. C, Fig. 10b):
 per image 2 global crops (area ~U[0.16, 0.45]), 4096 subcrops each (area ~U[0.02, 0.03] of the crop); a subcrop is
 "hit" by an object when the object covers >= --threshold of it. Prints a Markdown table over 10 quantile bins of
 object size and writes subcrop_hits.json and subcrop_hits.png into --out.
@@ -27,7 +27,7 @@ ANALYSES = ("subcrops", "alignment")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("analysis", choices=ANALYSES, help="subcrops (spec App. C) or alignment (features vs flow)")
+    p.add_argument("analysis", choices=ANALYSES, help="subcrops (the paper's App. C) or alignment (features vs flow)")
     p.add_argument("--dataset", choices=DATASETS, help="subcrops: dataset layout of --data")
     p.add_argument("--data", metavar="ROOT", help="subcrops: dataset root folder")
     p.add_argument("--shards", metavar="DIR", help="alignment: prepared shards folder (pairs with their flow)")

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/{stages}] SynthDrive: generating the 'small' preset into {data}", flush=True)
     meta = generate_dataset(data, preset="small", seed=args.seed, overwrite=True, preview=True)
     print(f"      done at {elapsed()}: {meta['counts']}", flush=True)
-    print((data / "stats.md").read_text(), flush=True)  # the spec Table 10-style class statistics
+    print((data / "stats.md").read_text(), flush=True)  # the paper's Table 10-style class statistics
 
     # 2. pretraining: the cosine horizon is set to the demo's length so the schedule completes.
     steps = plan["pretrain_steps"]

@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from e
     is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     shutdown_distributed()
-    if not is_main:
-        return 0
+    if not is_main or results.get("interrupted") is not None:
+        return 0  # interrupted: the loop said which step it saved; the same command resumes
     from poodle.evaluation.tables import coco_table, table1
 
     m = results["metrics"]

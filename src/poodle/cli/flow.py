@@ -2,7 +2,8 @@
 
     poodle flow --video clip.mp4 --t 0 --dt 15 --backend dis --out flow_out
     poodle flow --frames a.png b.png --backend raft_large --weights raft_large_C_T_V1-22a6c225.pth
-    poodle flow --benchmark-synthdrive --pairs 16 --resolution 256x512
+    poodle flow --benchmark-synthdrive --pairs 16 --resolution 256x512 --dt 1 8 15 --trained runs/flow_sd
+    poodle flow train --out runs/flow_sd                  (label-free training: `poodle flow train --help`)
 
 The pair mode writes ``flow.png`` (frame a | frame b | flow a->b colour | occlusion mask a->b) and ``flow.npz``
 (``flow_ab``, ``flow_ba`` as (2, H, W) float32) and prints flow magnitude statistics. The benchmark prints a Markdown
@@ -21,7 +22,7 @@ import torch
 from poodle.cli import UserError
 
 BACKENDS = ("auto", "dis", "raft_large", "raft_small")
-# Occlusion constants of spec 3.6 / decision 16.
+# Occlusion constants of the forward-backward test (DDFlow's a1 = 0.01, a2 = 0.5, as PooDLe uses).
 ALPHA1, ALPHA2 = 0.1, 0.5
 
 
@@ -35,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="report end-point error of each backend against SynthDrive's exact flow (Markdown table)",
     )
     p.add_argument("--t", type=int, default=0, help="--video: index of frame a (default: 0)")
-    p.add_argument("--dt", type=int, default=15, help="frame b = frame a + dt (default: 15 = 0.5 s at 30 fps)")
+    p.add_argument(
+        "--dt", type=int, nargs="+", default=[15],
+        help="frame b = frame a + dt (default: 15 = 0.5 s at 30 fps); benchmark: one table per value, e.g. --dt 1 8 15",
+    )  # fmt: skip
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -44,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "auto = every backend available (dis always, RAFT when weights are found)",
     )
     p.add_argument("--weights", default="", help="local torchvision RAFT state dict (default: the torch hub cache)")
-    p.add_argument("--iters", type=int, default=24, help="RAFT refinement iterations (default: 24, as the spec)")
+    p.add_argument(
+        "--trained", action="append", default=[], metavar="PATH",
+        help="benchmark: also measure a model trained by `poodle flow train` (its run folder or flow_model.pt); "
+        "repeatable",
+    )  # fmt: skip
+    p.add_argument("--iters", type=int, default=24, help="RAFT refinement iterations (default: 24, as the paper)")
     p.add_argument("--dis-preset", choices=("ultrafast", "fast", "medium"), default="medium", help="DIS preset")
     p.add_argument("--raft-resolution", metavar="HxW", help="run RAFT at this resolution and rescale the flow")
     p.add_argument(
@@ -110,6 +119,19 @@ def _build(backend: str, args: argparse.Namespace, device: torch.device):
     except ValueError as e:
         raise UserError(str(e)) from None
     return est.to(device)
+
+
+def _build_trained(path: str, args: argparse.Namespace, device: torch.device):
+    """(row name, RaftFlow) for a model written by `poodle flow train` (run folder or its flow_model.pt)."""
+    from poodle.data.optical_flow import FlowWeightsError, RaftFlow, raft_size_of
+
+    try:
+        size = raft_size_of(path)
+        est = RaftFlow(size, weights=path, iters=args.iters,
+                       resolution=_parse_hw(args.raft_resolution, "--raft-resolution"))  # fmt: skip
+    except FlowWeightsError as e:
+        raise UserError(f"--trained {path}: {e}") from None
+    return f"trained raft_{size} {Path(path).name} ({device.type}, {args.iters} iters)", est.to(device)
 
 
 def _resolve_backend(args: argparse.Namespace, device: torch.device) -> str:
@@ -190,8 +212,8 @@ def _run_pair(args: argparse.Namespace) -> int:
 
     size = _parse_hw(args.resolution, "--resolution")
     if args.video:
-        img_a, img_b = _read_video_pair(Path(args.video), args.t, args.dt)
-        what = f"{args.video} frames {args.t} and {args.t + args.dt}"
+        img_a, img_b = _read_video_pair(Path(args.video), args.t, args.dt[0])
+        what = f"{args.video} frames {args.t} and {args.t + args.dt[0]}"
     else:
         img_a, img_b = _read_image(args.frames[0]), _read_image(args.frames[1])
         what = f"{args.frames[0]} -> {args.frames[1]}"
@@ -277,12 +299,13 @@ def benchmark(estimators: dict, pairs: list[dict[str, torch.Tensor]]) -> list[di
     true target lies outside the other frame are left out of every statistic (their ground truth has no bound near
     the camera plane and would dominate the mean); occluded pixels that stay in the frame count in "all".
     """
-    from poodle.data.flow import in_bounds_mask
+    from poodle.data.flow import in_bounds_mask, occlusion_mask
     from poodle.data.optical_flow import EPEMeter
 
     rows = []
     for name, est in estimators.items():
         meter = EPEMeter()
+        occ_agree = occ_union = occ_inter = occ_pixels = 0
         if est is not None:
             est.bidirectional(pairs[0]["a"], pairs[0]["b"])  # warm-up (allocator, cuDNN autotune, OpenCV init)
         seconds = 0.0
@@ -295,7 +318,19 @@ def benchmark(estimators: dict, pairs: list[dict[str, torch.Tensor]]) -> list[di
             seconds += time.perf_counter() - t0  # bidirectional returns CPU tensors here, so GPU work is synced
             meter.update(ab, p["flow_ab"], p["occ_ab"], in_bounds_mask(p["flow_ab"]))
             meter.update(ba, p["flow_ba"], p["occ_ba"], in_bounds_mask(p["flow_ba"]))
+            # Occlusion agreement: the forward-backward mask pretraining would use, against the true occlusion, over
+            # the pixels whose true target stays in the frame.
+            for fw, bw, gt_flow, gt_occ in ((ab, ba, p["flow_ab"], p["occ_ab"]), (ba, ab, p["flow_ba"], p["occ_ba"])):
+                valid = in_bounds_mask(gt_flow)[:, 0]
+                pred = occlusion_mask(fw, bw, ALPHA1, ALPHA2)[:, 0][valid]
+                true = gt_occ.reshape(valid.shape)[valid]
+                occ_agree += int((pred == true).sum())
+                occ_inter += int((pred & true).sum())
+                occ_union += int((pred | true).sum())
+                occ_pixels += int(valid.sum())
         row: dict[str, float | str] = {"backend": name, **meter.summary()}
+        row["occ_agreement"] = 100.0 * occ_agree / max(occ_pixels, 1)
+        row["occ_iou"] = 100.0 * occ_inter / occ_union if occ_union else float("nan")
         row["pairs_per_s"] = float("nan") if est is None else len(pairs) / max(seconds, 1e-9)
         rows.append(row)
     return rows
@@ -303,16 +338,21 @@ def benchmark(estimators: dict, pairs: list[dict[str, torch.Tensor]]) -> list[di
 
 def format_table(rows: list[dict[str, float | str]]) -> str:
     lines = [
-        "| backend | EPE all (px) | EPE non-occluded (px) | EPE > 3 px (%) | pairs/s (both directions) |",
-        "|---|---:|---:|---:|---:|",
+        "| backend | EPE all (px) | EPE non-occluded (px) | EPE > 3 px (%) | Fl-all (%) | occlusion agreement (%) "
+        "| occlusion IoU (%) | pairs/s (both directions) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        speed = "-" if r["pairs_per_s"] != r["pairs_per_s"] else f"{r['pairs_per_s']:.1f}"
-        lines.append(f"| {r['backend']} | {r['epe']:.2f} | {r['epe_noc']:.2f} | {r['px3']:.1f} | {speed} |")
+        speed = "-" if r["pairs_per_s"] != r["pairs_per_s"] else f"{r['pairs_per_s']:.2f}"
+        iou = "-" if r["occ_iou"] != r["occ_iou"] else f"{r['occ_iou']:.1f}"
+        lines.append(f"| {r['backend']} | {r['epe']:.2f} | {r['epe_noc']:.2f} | {r['px3']:.1f} | {r['fl_all']:.1f} | "
+                     f"{r['occ_agreement']:.1f} | {iou} | {speed} |")  # fmt: skip
     if rows:
         lines.append(
             f"\n'all' = pixels whose true target is inside the other frame ({100 - rows[0]['excluded']:.1f} % of "
-            "pixels; occluded ones included); 'non-occluded' = those also visible in the other frame."
+            "pixels; occluded ones included); 'non-occluded' = those also visible in the other frame. Fl-all = "
+            "EPE > 3 px and > 5 % of the true motion. Occlusion: the forward-backward mask (alpha1 "
+            f"{ALPHA1}, alpha2 {ALPHA2}) against the true occlusion."
         )
     return "\n".join(lines)
 
@@ -321,8 +361,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     size = _parse_hw(args.resolution, "--resolution") or (256, 512)
     if args.pairs < 1:
         raise UserError(f"--pairs must be >= 1, got {args.pairs}")
-    if args.dt < 1:
-        raise UserError(f"--dt must be >= 1, got {args.dt}")
+    if min(args.dt) < 1:
+        raise UserError(f"--dt must be >= 1, got {min(args.dt)}")
     device = _device(args.device)
     wanted = ["dis", "raft_large", "raft_small"] if args.backend == "auto" else [args.backend]
     estimators: dict = {"zero flow (reference)": None}
@@ -333,15 +373,19 @@ def _run_benchmark(args: argparse.Namespace) -> int:
             continue
         est = _build(backend, args, device)
         estimators[est.name if backend == "dis" else f"{backend} ({device.type}, {args.iters} iters)"] = est
+    for path in args.trained:
+        name, est = _build_trained(path, args, device)
+        estimators[name] = est
 
-    t0 = time.perf_counter()
-    pairs = _synthdrive_pairs(args.pairs, size, args.dt, args.seed)
-    print(
-        f"SynthDrive: {args.pairs} pairs (seed {args.seed}, frames 0 and {args.dt} at 30 fps), {size[0]}x{size[1]}, "
-        f"rendered in {time.perf_counter() - t0:.1f} s; EPE over both directions of every pair\n",
-        flush=True,
-    )
-    print(format_table(benchmark(estimators, pairs)))
+    for dt in args.dt:
+        t0 = time.perf_counter()
+        pairs = _synthdrive_pairs(args.pairs, size, dt, args.seed)
+        print(
+            f"SynthDrive: {args.pairs} pairs (seed {args.seed}, frames 0 and {dt} at 30 fps), {size[0]}x{size[1]}, "
+            f"rendered in {time.perf_counter() - t0:.1f} s; EPE over both directions of every pair\n",
+            flush=True,
+        )
+        print(format_table(benchmark(estimators, pairs)) + "\n", flush=True)
     for backend in skipped:
         from poodle.data.optical_flow import raft_weights_path
 

@@ -1,7 +1,7 @@
-"""`poodle stats --dataset NAME --data ROOT [--split train] [--out FILE.md]`: spec Table 10 for any labelled dataset.
+"""`poodle stats --dataset NAME --data ROOT [--split train] [--out FILE.md]`: the paper's Table 10 for any dataset.
 
 Prints per-class average pixel share per image (over the images containing the class, as Table 10), share of all
-pixels and share of images, and the Small/Large, Rare/Common groups of decision 21 (Large: > 1 % average pixel
+pixels and share of images, and the Small/Large, Rare/Common groups evaluation uses (Large: > 1 % average pixel
 share; Common: present in > 20 % of images). Every mask is checked as the readout checks it (decodes, has its
 image's size, holds only class ids or the ignore index): a bad one is a one-line error naming the file.
 """
@@ -22,7 +22,7 @@ DATASETS = ("bdd100k", "cityscapes", "ade20k", "wtsem", "synthdrive", "folder")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout of --data")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root folder")
-    p.add_argument("--split", default="train", help="split to count (default: train, as decision 21 says)")
+    p.add_argument("--split", default="train", help="split to count (default: train, which the groups are defined on)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N label maps (a quick look)")
     p.add_argument("--out", metavar="FILE", help="also write the report here (.md: Markdown; .json: numbers)")
     p.add_argument(
@@ -61,7 +61,7 @@ def render_report(stats, dataset: str, split: str, root: str, note: str = "") ->
         same = groups == BDD100K_GROUPS
         lines += [
             "",
-            "Evaluation uses the fixed Table 10 assignment for BDD100K (decision 21); "
+            "Evaluation uses the fixed Table 10 assignment for BDD100K (the paper's groups); "
             + ("these statistics give the same groups." if same else "these statistics give DIFFERENT groups."),
         ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """`poodle study synthdrive --out DIR [--quick] [--jobs N] [--seeds N] [--variants a,b,...] [key=value ...]`.
 
-Pretrains the spec Table 4 variants (rows 1, 2, 5, 7), pooled-only and a subcrop-area sweep (Table 5) on one
+Pretrains the paper's Table 4 variants (rows 1, 2, 5, 7), pooled-only and a subcrop-area sweep (Table 5) on one
 fixed SynthDrive dataset and budget, several seeds each, plus a randomly initialised backbone; runs the same linear
 readout for every run; writes DIR/report.md (mean ± std tables, the four claims tested with Welch's t-test,
 diagnostics, per-class IoU), DIR/summary.json and DIR/figures. The full study takes about an hour on 2 cores;
@@ -20,7 +20,7 @@ STUDIES = ("synthdrive",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", choices=STUDIES, help="which study (synthdrive: spec Tables 4 and 5 at CPU scale)")
+    p.add_argument("study", choices=STUDIES, help="which study (synthdrive: the paper's Tables 4 and 5 at CPU scale)")
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (data, runs, report)")
     p.add_argument("--quick", action="store_true", help="a few minutes: 4 variants x 2 seeds, a dozen steps each")
     p.add_argument("--jobs", type=int, default=2, metavar="N", help="runs at a time (default 2, one per core)")

@@ -1,4 +1,4 @@
-"""Batched augmentations that run on the device holding the images (spec 3.3-3.5, decisions 4-5).
+"""Batched augmentations that run on the device holding the images.
 
 * :func:`photometric` - per-image colour jitter, grayscale and Gaussian blur, then ImageNet normalisation.
 * :class:`DenseGeometry` / :func:`sample_dense_geometry` - the invertible affine + horizontal flip of the dense
@@ -274,7 +274,7 @@ def _inverse_2x2(m: Tensor) -> Tensor:
 
 @dataclass
 class DenseGeometry:
-    """Per-image invertible transform T = hflip o (scale s, rotation a about the image centre) (spec 3.5).
+    """Per-image invertible transform T = hflip o (scale s, rotation a about the image centre).
 
     ``affine`` is the (B, 2, 2) linear part in ``grid_sample``'s normalised coordinates (original frame ->
     transformed frame); ``flip`` (B,) bool. Because the transform has no translation and is centred, the same

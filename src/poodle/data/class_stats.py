@@ -1,4 +1,4 @@
-"""Per-class label statistics and the size / frequency groups of spec 6.6 (paper App. H, Table 10).
+"""Per-class label statistics and the size / frequency groups of the paper (App. H, Table 10).
 
 Reused for any semantic-segmentation label set (BDD100K, Cityscapes, SynthDrive): pass label maps and names, or
 per-image label histograms (`class_statistics_from_histograms`, what the mask scan of the readout produces).

@@ -11,7 +11,7 @@ Conventions (used by every module of poodle):
   ``backward_warp(x_b, F_{a->b})`` therefore brings frame b into frame a: out(p) = x_b(p + F(p)).
 
 The authors' release normalised sampling coordinates with (W - 1) but sampled with ``align_corners=False``,
-which shifts every warped value by up to half a pixel (spec section 11, decision 15). Here the normalisation and
+which shifts every warped value by up to half a pixel (a known defect of the release). Here the normalisation and
 ``align_corners`` agree, so warping by an integer flow is an exact shift; ``backward_warp(..., convention="release")``
 reproduces the release's formula (``objective.warp_convention=release``).
 """
@@ -35,7 +35,7 @@ __all__ = [
     "resize_flow",
 ]
 
-# "exact": pixel-centre sampling (decision 15). "release": the release's feature warp, coordinates normalised by
+# "exact": pixel-centre sampling. "release": the release's feature warp, coordinates normalised by
 # (W - 1) but sampled with align_corners=False.
 WARP_CONVENTIONS = ("exact", "release")
 
@@ -105,7 +105,7 @@ def in_bounds_mask(flow: Tensor) -> Tensor:
 
 
 def occlusion_mask(flow_fw: Tensor, flow_bw: Tensor, alpha1: float = 0.1, alpha2: float = 0.5) -> Tensor:
-    """(B, 1, H, W) bool, True = occluded, by forward-backward consistency (DDFlow; spec 3.6).
+    """(B, 1, H, W) bool, True = occluded, by forward-backward consistency (DDFlow).
 
     F_b'(p) = flow_bw(p + flow_fw(p)) (bilinear, zero padding); p is occluded iff
     |F + F_b'|^2 > alpha1 (|F|^2 + |F_b'|^2) + alpha2. Flows are in pixels of the resolution they are given at.

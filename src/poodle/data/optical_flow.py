@@ -7,13 +7,13 @@ Every estimator takes batched frames (B, 3, H, W), RGB, either uint8 in [0, 255]
 and returns flows on the frames' device:
 
 * ``estimator(frames_a, frames_b) -> flow_ab``
-* ``estimator.bidirectional(frames_a, frames_b) -> (flow_ab, flow_ba)`` - the occlusion mask (spec 3.6) needs both.
+* ``estimator.bidirectional(frames_a, frames_b) -> (flow_ab, flow_ba)`` - the occlusion mask needs both.
 
-Backends (spec 2.6, decision 14; ecosystem notes section 3):
+Backends:
 
 * :class:`RaftFlow` - torchvision ``raft_large`` / ``raft_small``. Frozen and **always in eval mode**, even after a
-  parent module calls ``.train()`` (the authors' release let RAFT's BatchNorm run on batch statistics and drift,
-  spec 11). Weights come from a local file or the torch hub cache; this module never downloads.
+  parent module calls ``.train()`` (the authors' release let RAFT's BatchNorm run on batch statistics and drift).
+  Weights come from a local file or the torch hub cache; this module never downloads.
 * :class:`DISFlow` - OpenCV's DIS on the CPU, no weights. The default when there is no GPU or no RAFT weights.
 * :class:`GroundTruthFlow` - SynthDrive pairs carry exact flow; the data loader supplies it, nothing is estimated.
 
@@ -44,16 +44,20 @@ __all__ = [
     "RaftFlow",
     "build_flow_estimator",
     "endpoint_error",
+    "raft_flow_sequence",
+    "raft_size_of",
     "raft_weights_path",
 ]
 
 RAFT_SIZES = ("large", "small")
 # torchvision weight enum member used by default for each size. raft_large: C_T_V1 is torchvision's port of
-# princeton-vl's raft-things.pth (Chairs + Things), the checkpoint the release uses (spec 2.6); C_T_SKHT_V2 (also
+# princeton-vl's raft-things.pth (Chairs + Things), the checkpoint the release uses; C_T_SKHT_V2 (also
 # trained on Sintel, KITTI, HD1K) stays one `flow.weights=C_T_SKHT_V2` away.
 DEFAULT_RAFT_WEIGHTS = {"large": "C_T_V1", "small": "C_T_V2"}
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 RAFT_MIN_SIDE = 128  # 8x downsampling, then a 4-level correlation pyramid that needs >= 16 cells
+# What `poodle flow train` writes into its run folder: a plain torchvision RAFT state dict (flow.weights=DIR/...).
+TRAINED_FLOW_FILE = "flow_model.pt"
 
 
 class FlowWeightsError(FileNotFoundError):
@@ -130,8 +134,13 @@ def _resolve_raft_weights(size: str, weights: str) -> Path:
     enum = _raft_weights_enum(size)
     if weights and weights not in enum.__members__:
         path = Path(weights).expanduser()
+        if path.is_dir() and (path / TRAINED_FLOW_FILE).is_file():  # a `poodle flow train` run folder
+            return path / TRAINED_FLOW_FILE
         if not path.is_file():
-            raise FlowWeightsError(f"RAFT weights file not found: {path}")
+            raise FlowWeightsError(
+                f"RAFT weights file not found: {path} (a model trained by `poodle flow train --out DIR` is "
+                f"DIR/{TRAINED_FLOW_FILE}; train it first, or pass DIR itself)"
+            )
         return path
     path = raft_weights_path(size, weights)
     if not path.is_file():
@@ -166,15 +175,33 @@ def _load_raft_state_dict(model: nn.Module, path: Path) -> None:
         ) from e
 
 
+def raft_size_of(path: str | Path) -> str:
+    """Which torchvision RAFT ("large" or "small") a state-dict file (or `poodle flow train` run folder) holds.
+
+    Only raft_large has a convex-upsampling mask predictor, so its keys tell the two apart."""
+    from poodle.engine.checkpoint import CheckpointError, safe_load
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRAINED_FLOW_FILE
+    try:
+        state = safe_load(path, what="RAFT weights")
+    except CheckpointError as e:
+        raise FlowWeightsError(str(e)) from e
+    if not isinstance(state, dict) or not any(k.removeprefix("module.").startswith("feature_encoder.") for k in state):
+        raise FlowWeightsError(f"{path} is not a torchvision RAFT state dict")
+    return "large" if any(k.removeprefix("module.").startswith("mask_predictor.") for k in state) else "small"
+
+
 class RaftFlow(FlowEstimator):
     """Frozen torchvision RAFT, always in eval mode, fp32, returning only the final (convex-upsampled) flow.
 
     Args:
-        size: "large" (the spec's model) or "small".
+        size: "large" (the paper's model) or "small".
         weights: "" = the hub-cache file of the default torchvision member; a member name such as "C_T_SKHT_V2"
             = that member's hub-cache file; a path = a local torchvision state dict; ``None`` = random
             initialisation (tests only: random RAFT output is meaningless).
-        iters: refinement iterations (spec: 24).
+        iters: refinement iterations (the paper: 24).
         resolution: optional (H, W) to run RAFT at (e.g. half resolution to save memory/time); the flow is resized
             back to the input size and its vectors rescaled.
     """
@@ -206,7 +233,7 @@ class RaftFlow(FlowEstimator):
         super().train(False)
 
     def train(self, mode: bool = True) -> RaftFlow:
-        # Frozen estimator: stay in eval mode whatever a parent asks (release defect, spec 11 / decision 14).
+        # Frozen estimator: stay in eval mode whatever a parent asks (the release left it in train mode, a defect).
         return super().train(False)
 
     @property
@@ -237,7 +264,9 @@ class RaftFlow(FlowEstimator):
         ph, pw = max(RAFT_MIN_SIDE, rh + (-rh) % 8) - rh, max(RAFT_MIN_SIDE, rw + (-rw) % 8) - rw
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        with torch.autocast(device_type=dev.type, enabled=False):  # spec 2.6: FP32, even inside a bf16 step
+        with torch.autocast(
+            device_type=dev.type, enabled=False
+        ):  # FP32, even inside a bf16 step (RAFT's correlation is precision-sensitive)
             flow = _raft_final_flow(self.raft, x, self.iters, shared)
         flow = flow[:, :, :rh, :rw]
         if (rh, rw) != (h, w):
@@ -253,8 +282,41 @@ def _raft_final_flow(raft: nn.Module, x: Tensor, iters: int, shared: bool) -> Te
     each frame once gives the same result as encoding the concatenation of both orderings).
     Mirrors ``torchvision.models.optical_flow.raft.RAFT.forward``; the equivalence is tested.
     """
-    from torchvision.models.optical_flow._utils import make_coords_grid
     from torchvision.models.optical_flow.raft import upsample_flow
+
+    hidden, context, coords0, coords1 = _raft_encode(raft, x, shared)
+    for _ in range(iters):
+        corr = raft.corr_block.index_pyramid(centroids_coords=coords1)
+        hidden, delta = raft.update_block(hidden, context, corr, coords1 - coords0)
+        coords1 = coords1 + delta
+    up_mask = None if raft.mask_predictor is None else raft.mask_predictor(hidden)
+    return upsample_flow(coords1 - coords0, up_mask=up_mask)
+
+
+def raft_flow_sequence(raft: nn.Module, x: Tensor, iters: int) -> list[Tensor]:
+    """Every update's upsampled flow for 2B pairs (a->b then b->a) of ``x`` = cat(frames_a, frames_b) in [-1, 1].
+
+    For training (the sequence loss supervises every update). As torchvision's ``RAFT.forward``, the coordinates
+    are detached before each update (RAFT's paper: gradients flow only through the current update), but each frame
+    is encoded once for both directions.
+    """
+    from torchvision.models.optical_flow.raft import upsample_flow
+
+    hidden, context, coords0, coords1 = _raft_encode(raft, x, shared=True)
+    flows = []
+    for _ in range(iters):
+        coords1 = coords1.detach()
+        corr = raft.corr_block.index_pyramid(centroids_coords=coords1)
+        hidden, delta = raft.update_block(hidden, context, corr, coords1 - coords0)
+        coords1 = coords1 + delta
+        up_mask = None if raft.mask_predictor is None else raft.mask_predictor(hidden)
+        flows.append(upsample_flow(coords1 - coords0, up_mask=up_mask))
+    return flows
+
+
+def _raft_encode(raft: nn.Module, x: Tensor, shared: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RAFT's encoders and correlation pyramid: (hidden state, context, coords0, coords1) before the first update."""
+    from torchvision.models.optical_flow._utils import make_coords_grid
 
     n2, _, h, w = x.shape
     fa, fb = raft.feature_encoder(x).chunk(2)
@@ -272,13 +334,7 @@ def _raft_final_flow(raft: nn.Module, x: Tensor, iters: int, shared: bool) -> Te
 
     b = fmap1.shape[0]
     coords0 = make_coords_grid(b, h // 8, w // 8).to(x.device)
-    coords1 = coords0.clone()
-    for _ in range(iters):
-        corr = raft.corr_block.index_pyramid(centroids_coords=coords1)
-        hidden, delta = raft.update_block(hidden, context, corr, coords1 - coords0)
-        coords1 = coords1 + delta
-    up_mask = None if raft.mask_predictor is None else raft.mask_predictor(hidden)
-    return upsample_flow(coords1 - coords0, up_mask=up_mask)
+    return hidden, context, coords0, coords0.clone()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -403,7 +459,8 @@ class EPEMeter:
     ``update(pred, gt, occluded, valid)``: ``valid`` (optional) drops pixels from every statistic - the SynthDrive
     benchmark drops pixels whose true target leaves the frame, whose ground truth grows without bound near the
     camera plane. ``summary()`` -> dict with ``epe`` (all valid pixels), ``epe_noc`` (valid, non-occluded), ``px3``
-    (% of valid pixels with EPE > 3 px), ``excluded`` (% of pixels not valid), ``pixels`` and ``pairs``.
+    (% of valid pixels with EPE > 3 px), ``fl_all`` (KITTI's Fl-all: % of valid pixels with EPE > 3 px and > 5 % of
+    the true flow's length), ``excluded`` (% of pixels not valid), ``pixels`` and ``pairs``.
     """
 
     def __init__(self) -> None:
@@ -413,6 +470,7 @@ class EPEMeter:
         self.n_all = 0
         self.n_noc = 0
         self.n_bad = 0
+        self.n_fl = 0
         self.pairs = 0
 
     def update(self, pred: Tensor, gt: Tensor, occluded: Tensor | None = None, valid: Tensor | None = None) -> None:
@@ -430,6 +488,9 @@ class EPEMeter:
         self.sum_all += float(kept.sum())
         self.n_all += kept.numel()
         self.n_bad += int((kept > 3.0).sum())
+        # KITTI's Fl: wrong by more than 3 px and by more than 5 % of the true motion.
+        gt_mag = gt.float().norm(dim=1).double().to(epe.device)
+        self.n_fl += int(((epe > 3.0) & (epe > 0.05 * gt_mag))[keep].sum())
         self.sum_noc += float(epe[visible].sum())
         self.n_noc += int(visible.sum())
 
@@ -439,6 +500,7 @@ class EPEMeter:
             "epe": self.sum_all / self.n_all if self.n_all else nan,
             "epe_noc": self.sum_noc / self.n_noc if self.n_noc else nan,
             "px3": 100.0 * self.n_bad / self.n_all if self.n_all else nan,
+            "fl_all": 100.0 * self.n_fl / self.n_all if self.n_all else nan,
             "excluded": 100.0 * (1.0 - self.n_all / self.n_total) if self.n_total else nan,
             "pixels": float(self.n_all),
             "pairs": float(self.pairs),

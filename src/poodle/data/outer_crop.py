@@ -1,4 +1,4 @@
-"""The global ("outer") crop of spec 3.3: resize to canvas * s, then one random crop shared by both frames of a pair.
+"""The global ("outer") crop: resize to canvas * s, then one random crop shared by both frames of a pair.
 
 The release resizes every frame to (floor(1080 s), floor(1920 s)) and takes a random 512 x 1024 crop. We sample the
 same geometry but never build the resized frame: the crop box is mapped back to source pixels and only the crop is
@@ -6,7 +6,7 @@ resampled (bilinear, OpenCV's half-pixel convention, so the result equals resize
 
 Sources that are not the canvas's shape: the canvas fixes the *area* the frame is resized to, not its shape. A
 (Hs, Ws) source is resized by f = s * sqrt(Hc * Wc / (Hs * Ws)), keeping its aspect ratio, so the crop covers
-h * w / (Hc * Wc * s^2) of the frame exactly as in the spec for any source size (a 16:9 source gets exactly
+h * w / (Hc * Wc * s^2) of the frame exactly as in the paper for any source size (a 16:9 source gets exactly
 (floor(Hc s), floor(Wc s)), the release's resize). If the resized frame would be smaller than the crop on either
 side (e.g. a portrait video and a landscape crop), f is raised to the smallest factor at which the crop fits, which
 caps the crop's area fraction at what the aspect ratios allow (as a 2:1 crop of a 16:9 frame caps at 0.889).

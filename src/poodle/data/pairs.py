@@ -1,4 +1,4 @@
-"""Frame-pair datasets (spec 3.1-3.3, decision 13): BDD100K, Walking Tours, a folder of videos, SynthDrive.
+"""Frame-pair datasets (the paper's pair sampling): BDD100K, Walking Tours, a folder of videos, SynthDrive.
 
 One `__getitem__(key)` returns R = `repeat` pairs from one video (BDD100K, folder, SynthDrive) or one 10-s clip
 (Walking Tours), each with its own start and gap, decoded in one pass through the file, each cropped by its own
@@ -39,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger("poodle.data")
 
-WT_CLIP_SECONDS = 10.0  # spec 3.2: Walking Tours videos are sampled in 10-s clips
+WT_CLIP_SECONDS = 10.0  # Walking Tours videos are sampled in 10-s clips
 
 # Expected on-disk layouts, quoted in errors (docs/data.md has the long version).
 LAYOUTS = {

@@ -1,7 +1,7 @@
 """Prepared shards: frame pairs decoded once and their optical flow computed once, stored as WebDataset tars.
 
 Why: on the fly, every training step decodes video (seeking inside 720p/1080p files, resizing on the CPU) and runs
-RAFT twice (spec 11, items 3 and 7). `prepare_shards` does both offline, once; `ShardPairs` then serves pairs
+RAFT twice. `prepare_shards` does both offline, once; `ShardPairs` then serves pairs
 that training reads as is (the batch carries `flow_ab`/`flow_ba`, so the loop runs no flow estimator).
 
 Layout of a shards folder (written atomically: into a hidden sibling folder that is renamed at the end)::
@@ -26,11 +26,11 @@ shards were prepared with (the error says so). The stored pairs are fixed: a lat
 same pairs again (augmentation and subcrops still differ each time, they run in the step), so prepare as many
 pairs as the run should see distinct ones.
 
-Random access: webdataset 1.0.2 as installed here ships without its `wids` module, so `ShardPairs` reads tars
-itself: on first use of a shard in a process it scans the tar headers once (offset and size of every member, the
-same thing wids does) and then reads members with seek + read. `index.json` follows the wids format, so the same
-folder is also readable with `wids.ShardListDataset("OUT/index.json")` where wids is installed (URLs are relative
-to the index file).
+Random access goes through wids (the indexed WebDataset reader, its own package on PyPI): on first use of a
+shard in a process, `wids.wids.IndexedTarSamples` memory-maps the tar and indexes its member headers once; a
+sample is then a dict of its members' bytes. `ShardPairs` keeps up to `MAX_OPEN_SHARDS` shards open per process
+(least recently used closed first). `index.json` follows the wids format, so the same folder is also readable with
+`wids.ShardListDataset("OUT/index.json")` (URLs are relative to the index file).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import os
 import platform
 import shutil
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,8 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from wids.wids import IndexedTarSamples
+from wids.wids_lru import LRUCache
 
 from poodle.config import Config, DataConfig
 from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
@@ -80,6 +81,9 @@ FRAME_FORMATS = ("png", "jpg")
 # the validity mask, occlusion mask and subcrop search treat the clamped and the true vector alike.
 FLOW_LIMIT = 32768.0
 PNG_LEVEL = 1  # zlib level: 1 is ~2x faster to write than 6 and only a few % larger on natural images
+# An open shard holds two file descriptors (the file and its memory map); 64 keeps a DataLoader worker far below
+# the usual 1024 limit. More shards than this are reopened (and re-indexed) as random access reaches them.
+MAX_OPEN_SHARDS = 64
 
 
 class ShardError(ValueError):
@@ -267,8 +271,9 @@ def prepare_shards(
         t_index = time.perf_counter()
         shardlist = []
         for path in sorted(tmp.glob("shard-*.tar")):
-            samples = _scan_tar(path)
-            shardlist.append({"url": path.name, "nsamples": len(samples), "filesize": path.stat().st_size})
+            tar = IndexedTarSamples(path=str(path))
+            shardlist.append({"url": path.name, "nsamples": len(tar), "filesize": path.stat().st_size})
+            tar.close()
         h, w = cfg.data.resolution
         index = {
             "__kind__": INDEX_KIND,
@@ -402,24 +407,6 @@ def _write(
 # ------------------------------------------------------------------------------------------------------ reader
 
 
-def _scan_tar(path: Path) -> list[dict[str, tuple[int, int]]]:
-    """Samples of a WebDataset tar in order: per sample {extension: (data offset, size)} (headers only are read)."""
-    samples: list[dict[str, tuple[int, int]]] = []
-    keys: list[str] = []
-    with tarfile.open(path, "r:") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            dirname, base = os.path.split(m.name)
-            key, _, ext = base.partition(".")
-            key = f"{dirname}/{key}" if dirname else key
-            if not keys or keys[-1] != key:
-                keys.append(key)
-                samples.append({})
-            samples[-1][ext] = (m.offset_data, m.size)
-    return samples
-
-
 class ShardPairs(Dataset):
     """Random access over prepared shards: `ds[key]` -> the `repeat` pairs of group `key % len(ds)`.
 
@@ -482,7 +469,14 @@ class ShardPairs(Dataset):
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if self.num_pairs < self.repeat:
             raise ShardError(f"{self.root} holds {self.num_pairs} pair(s), fewer than one group of {self.repeat}")
-        self._tar_index: dict[int, list[dict[str, tuple[int, int]]]] = {}  # per process, filled lazily
+        self._open = LRUCache(MAX_OPEN_SHARDS, release_handler=_close)  # per process, filled lazily
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers (spawn) get no open memory maps, they open their own
+        return dict(self.__dict__, _open=None)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open = LRUCache(MAX_OPEN_SHARDS, release_handler=_close)
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> ShardPairs:
@@ -493,29 +487,29 @@ class ShardPairs(Dataset):
     def __len__(self) -> int:
         return self.num_pairs // self.repeat
 
-    def _members(self, pair: int) -> tuple[Path, dict[str, tuple[int, int]]]:
+    def _shard(self, shard: int) -> IndexedTarSamples:
+        tar = self._open[shard]  # None when not open in this process
+        if tar is None:
+            path = self.shard_paths[shard]
+            try:
+                tar = IndexedTarSamples(path=str(path))
+            except (OSError, ValueError) as e:
+                raise ShardError(f"shard {path} cannot be read as a tar ({e}); re-run `poodle prepare`") from e
+            expected = int(self._starts[shard + 1] - self._starts[shard])
+            if len(tar) != expected:
+                tar.close()
+                raise ShardError(f"shard {path} holds {len(tar)} samples, index.json says {expected}")
+            self._open[shard] = tar
+        return tar
+
+    def read(self, pair: int) -> dict[str, bytes]:
+        """Raw member bytes of stored pair `pair` (0 <= pair < num_pairs), by extension ("frame_a.png", ...)."""
         if not 0 <= pair < self.num_pairs:
             raise IndexError(f"pair {pair} out of range [0, {self.num_pairs})")
         shard = int(np.searchsorted(self._starts, pair, side="right")) - 1
-        if shard not in self._tar_index:
-            samples = _scan_tar(self.shard_paths[shard])
-            expected = int(self._starts[shard + 1] - self._starts[shard])
-            if len(samples) != expected:
-                raise ShardError(
-                    f"shard {self.shard_paths[shard]} holds {len(samples)} samples, index.json says {expected}"
-                )
-            self._tar_index[shard] = samples
-        return self.shard_paths[shard], self._tar_index[shard][pair - int(self._starts[shard])]
-
-    def read(self, pair: int) -> dict[str, bytes]:
-        """Raw member bytes of stored pair `pair` (0 <= pair < num_pairs), by extension."""
-        path, members = self._members(pair)
-        out = {}
-        with open(path, "rb") as f:
-            for ext, (offset, size) in members.items():
-                f.seek(offset)
-                out[ext] = f.read(size)
-        return out
+        sample = self._shard(shard)[pair - int(self._starts[shard])]
+        # wids keys members by ".ext" and adds "__key__"
+        return {ext[1:]: data.getvalue() for ext, data in sample.items() if ext.startswith(".")}
 
     def pair(self, pair: int) -> dict[str, Any]:
         """Stored pair `pair`: frames (3, H, W) uint8, flows (2, H, W) float32, `meta` dict."""
@@ -539,3 +533,7 @@ class ShardPairs(Dataset):
 
     def summary(self) -> dict[str, Any]:
         return {"root": str(self.root), "pairs": self.num_pairs, "items": len(self), **self.info}
+
+
+def _close(_shard: int, tar: IndexedTarSamples) -> None:
+    tar.close()

@@ -1,7 +1,7 @@
-"""Flow-aware subcrop pairs for the pooled loss (spec 3.7, decisions 6-9), batched on the device.
+"""Flow-aware subcrop pairs for the pooled loss, batched on the device.
 
 :func:`flow_aware_subcrops` follows the release's algorithm with every draw made for the whole batch, all K
-pairs and all tries at once (the release loops in Python over CUDA scalars, spec 11 item 4):
+pairs and all tries at once (the release loops in Python over CUDA scalars):
 
 1. Grid: cell side d = round(sqrt(mean(cfg.area)) * min(H, W)); floor(H/d)+1 rows x floor(W/d)+1 columns, the last
    ones partial (= ceil(H/d) x ceil(W/d): when d divides H the release's extra row would be empty, we drop it).
@@ -11,7 +11,7 @@ pairs and all tries at once (the release loops in Python over CUDA scalars, spec
 4. cfg.tries tries at once: centre (i, j) uniform integer in the cell, clamped (``cfg.clamp``):
    ``inside`` (default, a DEPARTURE): so the online box [i - h//2, i - h//2 + h) x [j - w//2, j - w//2 + w) lies
    inside the image; ``release``: only i >= h//2, j >= w//2, so online boxes may run past the bottom/right edge
-   into zero padding (spec 3.7 3b/3d, a defect listed in spec 11). The flow is read at the clamped centre, the true
+   into zero padding (a defect of the release). The flow is read at the clamped centre, the true
    box centre, in both modes;
    jitter = U(-1, 1) * cfg.jitter * (H, W); paired centre = round(centre + flow(centre) + jitter), accepted if
    inside the image. The first accepted try wins (argmax over a boolean).

@@ -1,4 +1,4 @@
-"""Analytic FLOP model of one PooDLe training step, per frame pair (spec 2.2-2.4, 4.4).
+"""Analytic FLOP model of one PooDLe training step, per frame pair.
 
 Only convolutions, linears and matmuls are counted, as multiply-adds x 2 (bias adds, BatchNorm, ReLU, pooling,
 upsampling, grid_sample, roi_align, the dense loss and the optimiser/EMA updates are elementwise and ignored; at
@@ -10,7 +10,7 @@ Per-layer counts come from the real modules: `PooDLeNetworks` is built on the me
 cost) and every Conv2d/Linear reports 2 * out_numel * (in_channels / groups) * kh * kw from a forward hook, so
 the model follows any config change (arch, dilation, SDM switches, head widths, resolution, K, subcrop size).
 
-Step composition, for N pairs (2N images per branch: both temporal orderings, spec 4.3):
+Step composition, for N pairs (2N images per branch: both temporal orderings):
     online dense     2 images x 3 x (encoder + SDM)            forward + backward (backward = 2 x forward:
     online heads     2 images x 3 x (projector + predictor)    grad-input + grad-weight), except the first conv,
     online subcrops  2K crops x 3 x encoder(crop)              whose input (the image) needs no gradient:
@@ -177,7 +177,7 @@ def step_flops(cfg: Config, resolution: tuple[int, int] | None = None, flow_gflo
 
 
 def encoder_gflops(arch: str = "resnet50", resolution: tuple[int, int] = (512, 1024), sdm: bool = False) -> float:
-    """Forward GFLOPs (2 x MACs) of the encoder (+ SDM) on one image: the spec App. I comparison."""
+    """Forward GFLOPs (2 x MACs) of the encoder (+ SDM) on one image: the paper's App. I comparison."""
     from poodle.model import ResNetEncoder, SpatialDecoder
 
     with torch.device("meta"):

@@ -1,4 +1,4 @@
-"""Predicted peak memory of one PooDLe training step, without the device (spec 11 memory budget).
+"""Predicted peak memory of one PooDLe training step, without the device.
 
 The step (EMA update, `PooDLeObjective` forward + backward, AdamW) runs under `FakeTensorMode`: every tensor has
 its real shape and dtype but no storage, so a 512x1024 ResNet-50 step at 8 pairs costs a minute of CPU and no

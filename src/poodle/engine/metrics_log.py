@@ -20,7 +20,7 @@ class MetricsLog:
     slow start is never silent."""
 
     def __init__(self, run_dir: Path, enabled: bool, start_step: int, stop_step: int, tensorboard: bool = True,
-                 heartbeat_s: float = 30.0):  # fmt: skip
+                 heartbeat_s: float = 30.0, desc: str = "pretrain"):  # fmt: skip
         self.enabled = enabled
         self._step, self._start, self._stop = start_step, start_step, stop_step
         self._heartbeat_s = heartbeat_s
@@ -38,7 +38,7 @@ class MetricsLog:
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step)
         self._bar = tqdm(
-            total=stop_step, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
+            total=stop_step, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
             disable=not sys.stderr.isatty(), file=sys.stderr,
         )  # fmt: skip
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from poodle.config import Config
 from poodle.engine.distributed import DistInfo
+from poodle.engine.run_control import ignore_stop_signals_in_worker
 from poodle.engine.sampler import StepBatchSampler
 from poodle.objective import PairBatch
 
@@ -54,6 +55,7 @@ class PairSource:
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=ignore_stop_signals_in_worker,
         )
         yield from loader
 

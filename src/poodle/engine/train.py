@@ -15,7 +15,6 @@ training N steps, stopping, and resuming for N more gives the same parameters as
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_d
 from poodle.engine.health import CollapseMonitor, grad_norm, nonfinite_names, state_nonfinite
 from poodle.engine.metrics_log import MetricsLog
 from poodle.engine.optim import build_optimizer, clip_per_parameter
+from poodle.engine.run_control import StopRequest as _StopRequest
+from poodle.engine.run_control import remove_stale_temporaries as _remove_stale_temporaries
 from poodle.model import cosine_schedule
 from poodle.objective import PairBatch, build_method
 from poodle.output_dir import OutputDirError, check_run_dir, read_marker, write_marker
@@ -48,7 +49,7 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Schedule:
-    """Step counts derived from the epoch-based config (decision 11)."""
+    """Step counts derived from the epoch-based config."""
 
     steps_per_epoch: float
     total_steps: int  # cosine horizon
@@ -100,49 +101,6 @@ def check_resumable(saved: dict[str, Any], cfg: Config, run_dir: Path) -> None:
             + "\n  ".join(diffs)
             + "\nUse another --out folder, pass --no-resume to start over in this one, or rerun with the run's config."
         )
-
-
-class _StopRequest:
-    """SIGTERM / SIGUSR1 (preemption, SLURM's pre-kill signal) and Ctrl-C (SIGINT) ask the loop to finish the
-    current step, checkpoint it and exit cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt)."""
-
-    def __init__(self, announce: bool = True) -> None:
-        self.signal: int | None = None
-        self.announce = announce
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a test runner thread): signals stay default
-                pass
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if signum == signal.SIGINT and self.signal is not None:
-            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the save
-        self.signal = signum
-        if signum == signal.SIGINT and self.announce:
-            print("\ninterrupted: saving after this step (Ctrl-C again to abort without saving)", file=sys.stderr,
-                  flush=True)  # fmt: skip
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete the partial checkpoint files a killed write left behind (`atomic_save`'s `.<name>.*.tmp`), which
-    nothing else ever removes (up to a full checkpoint each). Only that pattern, only in the run folder."""
-    if not run_dir.is_dir():
-        return
-    for tmp in run_dir.glob(".*.pt.*.tmp"):
-        try:
-            size = tmp.stat().st_size
-            tmp.unlink()
-            print(f"removed {tmp.name} ({size / 2**20:.0f} MiB), a checkpoint write that never finished", flush=True)
-        except OSError:
-            pass
 
 
 def step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:

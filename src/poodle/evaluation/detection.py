@@ -4,14 +4,15 @@
                             load_detection_config("detection_synthdrive_cpu", ["head=fpn"]), "runs/sd/det_fpn")
 
 PooDLe reads its backbones out with "Faster R-CNN with ResNet-C4" and "Faster R-CNN with FPN", both on a frozen
-backbone (spec 6.1; baselines-spec 7.1). The models are torchvision's `FasterRCNN`:
+backbone (PooDLe paper, Sec. 6.1). The models are torchvision's `FasterRCNN`:
 
-- **C4** (baselines-spec 7.4): conv1..layer3 of the backbone (stride 16) feed one RPN over 15 anchors per position
-  (sizes 32-512 x ratios 0.5/1/2) and a 14x14 RoIAlign; the box head is res5 (a copy of the pretrained layer4,
-  first block stride 2 -> 7x7) + global average pooling, then `FastRCNNPredictor`. `c4_train_res5` says whether
-  that res5 copy learns; its BatchNorm is frozen either way.
-- **FPN** (baselines-spec 7.3): layer1-4 into a feature pyramid (256 channels, LastLevelMaxPool), as torchvision's
-  `_resnet_fpn_extractor(trainable_layers=0)`: the trunk is frozen, the FPN, RPN and the 2-fc box head learn.
+- **C4** (detectron2's R50-C4 assembly): conv1..layer3 of the backbone (stride 16) feed one RPN over 15 anchors
+  per position (sizes 32-512 x ratios 0.5/1/2) and a 14x14 RoIAlign; the box head is res5 (a copy of the pretrained
+  layer4, first block stride 2 -> 7x7) + global average pooling, then `FastRCNNPredictor`. `c4_train_res5` says
+  whether that res5 copy learns; its BatchNorm is frozen either way.
+- **FPN** (torchvision's `fasterrcnn_resnet50_fpn`): layer1-4 into a feature pyramid (256 channels,
+  LastLevelMaxPool), as torchvision's `_resnet_fpn_extractor(trainable_layers=0)`: the trunk is frozen, the FPN, RPN
+  and the 2-fc box head learn.
 
 The trunk's BatchNorm layers become `torchvision.ops.FrozenBatchNorm2d` with the same statistics and eps, and none
 of its parameters requires grad, so training changes nothing in it. Training: SGD, linear warm-up, lr x gamma at the
@@ -52,6 +53,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed
+from poodle.engine.run_control import StopRequest, ignore_stop_signals_in_worker
 from poodle.evaluation.backbones import FeatureBackbone, load_backbone
 from poodle.evaluation.detection_config import RESUMABLE_KEYS, DetectionConfig
 from poodle.evaluation.readout import resolve_device
@@ -528,48 +530,68 @@ def run_detection(
         sampler = StepBatches(train_indices, per_rank, info, cfg.seed, start_step, stop)
         loader = DataLoader(_TrainView(train_ds, cfg), batch_sampler=sampler, num_workers=cfg.workers,
                             collate_fn=_collate, pin_memory=device.type == "cuda",
+                            worker_init_fn=ignore_stop_signals_in_worker,
                             generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
         # (its own generator: creating the iterator draws no number from the global RNG, which resumes exactly)
         ddp.train()
         bar = progress_bar(stop - start_step, f"{cfg.head} detection readout", "step",
                            enabled=progress and info.is_main)  # fmt: skip
         window: list[float] = []
-        for step, (images, targets) in zip(range(start_step, stop), loader):
-            for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * lr_factor(step, total_steps, cfg)
-            images = [im.to(device, non_blocking=True) for im in images]
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                losses = ddp(images, targets)
-            loss = sum(v.float() for v in losses.values())
-            # Checked on every rank every step, before the update: a non-finite loss never reaches the weights or
-            # last.pt, and all ranks stop together (one rank alone would leave the others in the all-reduce).
-            bad = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=device)
-            if info.enabled:
-                torch.distributed.all_reduce(bad)
-            if bad.item() > 0:
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                kept = f"; {last} holds step {saved['step']}" if saved["step"] is not None else ""
-                raise DetectionError(f"non-finite loss at step {step + 1} ({parts}); lower lr (now {cfg.lr}) or "
-                                     f"raise warmup_steps (now {cfg.warmup_steps}){kept}")  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            window.append(float(loss.detach()))
-            done = step + 1
-            bar.update(1)
-            if done % cfg.log_every == 0 or done == stop:
-                last_loss = float(all_reduce_mean(torch.tensor(sum(window) / len(window), dtype=torch.float64,
-                                                               device=device), info))  # fmt: skip
-                logged.update(train_loss=last_loss, train_loss_parts={k: float(v.detach()) for k, v in losses.items()})
-                lr_now = optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr_now:.2e}")
-                if not progress and info.is_main:
-                    print(f"step {done}/{total_steps} loss {last_loss:.4f} lr {lr_now:.3e}", flush=True)
-                window = []
-            if done % cfg.checkpoint_every == 0 or done == stop:
-                save(done)
+        signals = StopRequest(announce=info.is_main)  # SIGTERM / Ctrl-C: save this step, then exit
+        signals.install()
+        interrupted = None
+        try:
+            for step, (images, targets) in zip(range(start_step, stop), loader):
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(step, total_steps, cfg)
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    losses = ddp(images, targets)
+                loss = sum(v.float() for v in losses.values())
+                # Checked on every rank every step, before the update: a non-finite loss never reaches the weights or
+                # last.pt, and all ranks stop together (one rank alone would leave the others in the all-reduce). The
+                # same transfer carries a stop request, so every rank saves the same step.
+                flags = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0, float(signals.signal is not None)],
+                                     device=device)  # fmt: skip
+                if info.enabled:
+                    torch.distributed.all_reduce(flags)
+                bad, stopping = flags.tolist()
+                if bad > 0:
+                    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                    kept = f"; {last} holds step {saved['step']}" if saved["step"] is not None else ""
+                    raise DetectionError(f"non-finite loss at step {step + 1} ({parts}); lower lr (now {cfg.lr}) or "
+                                         f"raise warmup_steps (now {cfg.warmup_steps}){kept}")  # fmt: skip
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                window.append(float(loss.detach()))
+                done = step + 1
+                bar.update(1)
+                if done % cfg.log_every == 0 or done == stop:
+                    last_loss = float(all_reduce_mean(torch.tensor(sum(window) / len(window), dtype=torch.float64,
+                                                                   device=device), info))  # fmt: skip
+                    logged.update(
+                        train_loss=last_loss, train_loss_parts={k: float(v.detach()) for k, v in losses.items()}
+                    )
+                    lr_now = optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr_now:.2e}")
+                    if not progress and info.is_main:
+                        print(f"step {done}/{total_steps} loss {last_loss:.4f} lr {lr_now:.3e}", flush=True)
+                    window = []
+                if done % cfg.checkpoint_every == 0 or done == stop or stopping:
+                    save(done)
+                if stopping:
+                    interrupted = signals.signal or "another rank"
+                    break
+        finally:
+            signals.restore()
         bar.close()
+        if interrupted is not None:
+            if info.is_main:
+                print(f"received signal {interrupted}: saved step {done} of {total_steps} to {last}; rerun the same "
+                      "command to resume", flush=True)  # fmt: skip
+            return {"step": done, "checkpoint": str(last), "interrupted": interrupted}
     train_seconds = time.perf_counter() - t_train
     if stop < total_steps:
         return {"step": stop, "checkpoint": str(last)}

@@ -3,8 +3,9 @@
 Shipped recipes live next to the other configs as `configs/detection_<dataset>[_cpu].yaml`; keys are flat
 (`steps=200`, `milestones=[8,11]`). Loading, `base:` inheritance, typed `key=value` overrides and unknown-key errors
 are those of `poodle.config`. The full recipe (`detection_bdd100k`) is FlowE's C4 schedule as PooDLe reports it
-(spec 6.2: 12 epochs, SGD, batch 16, lr 0.02, x0.1 at epochs 8 and 11, original resolution, no multi-scale) with
-weight decay and warm-up from MMDetection's default 1x schedule (docs/evaluation.md, "Detection readout").
+(PooDLe paper, Sec. 6.2: 12 epochs, SGD, batch 16, lr 0.02, x0.1 at epochs 8 and 11, original resolution, no
+multi-scale) with weight decay and warm-up from MMDetection's default 1x schedule (docs/evaluation.md, "Detection
+readout").
 """
 
 from __future__ import annotations
@@ -101,10 +102,10 @@ class DetectionConfig:
 
     def rpn_settings(self) -> dict[str, int]:
         """The RPN proposal numbers of this head, with the recipe's explicit values taking precedence."""
-        if self.head == "c4":  # detectron2 defaults.py (RPN.PRE_NMS_TOPK_*, POST_NMS_TOPK_*); baselines-spec 7.4
+        if self.head == "c4":  # detectron2 defaults.py (RPN.PRE_NMS_TOPK_*, POST_NMS_TOPK_*)
             default = {"pre_nms_top_n_train": 12000, "pre_nms_top_n_test": 6000, "post_nms_top_n_train": 2000,
                        "post_nms_top_n_test": 1000}  # fmt: skip
-        else:  # torchvision FasterRCNN defaults (per FPN level before NMS); baselines-spec 7.3
+        else:  # torchvision FasterRCNN defaults (per FPN level before NMS)
             default = {"pre_nms_top_n_train": 2000, "pre_nms_top_n_test": 1000, "post_nms_top_n_train": 2000,
                        "post_nms_top_n_test": 1000}  # fmt: skip
         return {k: getattr(self, f"rpn_{k}") or v for k, v in default.items()}

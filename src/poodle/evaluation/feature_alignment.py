@@ -1,4 +1,4 @@
-"""Does a backbone's dense feature map follow the optical flow? A diagnostic for the dense loss (spec 3.6).
+"""Does a backbone's dense feature map follow the optical flow? A diagnostic for the dense loss.
 
 For frame pairs (a, b) with forward flow a -> b, compare the readout features of `a` at each pixel p with the
 features of `b` taken at three places:

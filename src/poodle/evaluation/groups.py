@@ -1,4 +1,4 @@
-"""Size (Small/Large) and frequency (Rare/Common) class groups, and metrics per group (spec 6.6, decision 21).
+"""Size (Small/Large) and frequency (Rare/Common) class groups, and metrics per group (the paper's Tables 3, 6 and 10).
 
 - Large if the class's mean pixel share over the images that contain it is > 1 %, else Small (Table 10's
   "Avg Pix. % / Im.": see `poodle.data.class_stats`).
@@ -7,7 +7,7 @@
 - BDD100K uses the fixed assignment of the paper's Table 10 (`BDD100K_GROUPS`); other datasets compute the groups
   from their train split with `ClassGroups.from_stats(class_statistics(...))` (`poodle stats` prints them).
 
-Group mIoU is the unweighted nanmean of the per-class IoUs of the group's classes (spec 6.6 verifies this against
+Group mIoU is the unweighted nanmean of the per-class IoUs of the group's classes (checked against the paper's
 Tables 3 and 9). Group pixel accuracy (Table 6) is the accuracy over the pixels whose ground-truth class is in the
 group: sum of TP over the group's classes / sum of their ground-truth pixels. "All" is the plain mIoU / aAcc.
 """
@@ -47,7 +47,7 @@ class ClassGroups:
 
     @classmethod
     def from_stats(cls, stats: ClassStats, class_names: Sequence[str] | None = None) -> ClassGroups:
-        """Groups by decision 21 from the statistics' numbers (thresholds re-applied, strict `>` as in the paper).
+        """Groups from the statistics' numbers (thresholds re-applied, strict `>` as in the paper).
 
         Rows are matched to `class_names` by name when given, otherwise taken in row order (class index order, as
         `class_statistics` produces them).
@@ -114,14 +114,14 @@ class ClassGroups:
         return cls(*(conv(d[k]) for k in ("small", "large", "rare", "common")))
 
 
-# Spec Table 10 (paper App. H): the fixed assignment used for BDD100K evaluation.
+# The paper's Table 10 (App. H): the fixed assignment used for BDD100K evaluation.
 BDD100K_SMALL = ("pole", "bicycle", "person", "motorcycle", "traffic sign", "rider", "traffic light")
 BDD100K_RARE = ("bus", "wall", "train", "bicycle", "motorcycle", "rider")
 BDD100K_GROUPS = ClassGroups.from_names(BDD100K_CLASSES, small=BDD100K_SMALL, rare=BDD100K_RARE)
 
 
 def groups_for_dataset(dataset: str, class_names: Sequence[str], stats: ClassStats | None = None) -> ClassGroups:
-    """Decision 21: BDD100K uses Table 10; any other dataset needs statistics of its train split."""
+    """BDD100K uses the paper's Table 10; any other dataset needs statistics of its train split."""
     if dataset.lower() in ("bdd100k", "bdd") and tuple(class_names) == BDD100K_CLASSES:
         return BDD100K_GROUPS
     if stats is None:

@@ -1,4 +1,4 @@
-"""Linear readout head (spec decision 18): one conv classifier on a frozen stride-8 feature map.
+"""Linear readout head (FlowE's protocol, as in the paper): one conv classifier on a frozen stride-8 feature map.
 
 Default: BatchNorm (batch statistics while training, running statistics at eval) then a 1x1 conv, as mmseg's
 `BNHead` / `FCNHead(num_convs=0)` used by DINO/iBOT linear segmentation. At inference the BN is a fixed per-channel

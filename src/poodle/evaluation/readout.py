@@ -83,7 +83,7 @@ def build_model(backbone_spec: str, cfg: ReadoutConfig, num_classes: int, arch: 
         features = backbone.resolve_features(cfg.features)
         head: nn.Module = LinearHead(backbone.channels[features], num_classes, cfg.kernel, cfg.dilation, cfg.bn)
         return SegModel(backbone, head, features)
-    # UperNet reads the stride-32 encoder pyramid; the SDM is discarded (spec 6.1).
+    # UperNet reads the stride-32 encoder pyramid; the SDM is discarded (as in the paper).
     backbone = load_backbone(backbone_spec, arch=arch, dilated=False, keep_decoder=False)
     chans = tuple(backbone.channels[k] for k in ("layer1", "layer2", "layer3", "layer4"))
     head = UperNetHead(chans, num_classes, channels=cfg.upernet_channels, dropout=cfg.dropout)
@@ -413,10 +413,12 @@ def run_readout(
         if not model.backbone.frozen:
             head_state["backbone_state"] = model.backbone.state_dict()
         atomic_save(head_state, out_dir / "head.pt")
-        if cfg.figures > 0:
-            results["figures"] = _figures(model, val_ds, cfg, device, out_dir, metrics.per_class_iou, autocast)
-        write_results(results, out_dir / "results.json")
         label = [str(method.get("name") or Path(str(backbone_spec)).name)]
+        if cfg.figures > 0:
+            context = f"{label[0]} ({model.backbone.arch}), {readout} readout, {dataset_name} val"
+            results["figures"] = _figures(model, val_ds, cfg, device, out_dir, metrics.per_class_iou, autocast,
+                                          context)  # fmt: skip
+        write_results(results, out_dir / "results.json")
         (out_dir / "table.md").write_text(
             f"## {dataset_name} {readout} readout ({total_steps} steps)\n\n"
             f"### mIoU and pixel accuracy (Table 1 layout)\n\n{table1(results, label)}\n\n"
@@ -429,7 +431,9 @@ def run_readout(
 
 
 @torch.no_grad()
-def _figures(model: SegModel, val_ds, cfg: ReadoutConfig, device, out_dir: Path, per_class_iou, autocast: bool):
+def _figures(
+    model: SegModel, val_ds, cfg: ReadoutConfig, device, out_dir: Path, per_class_iou, autocast: bool, context: str
+):
     from poodle.evaluation.figures import write_figures
 
     model.eval()
@@ -449,4 +453,6 @@ def _figures(model: SegModel, val_ds, cfg: ReadoutConfig, device, out_dir: Path,
         samples.append((image, mask.numpy(), pred.cpu().numpy()))
         feats.append(f.cpu())
     info = val_ds.info
-    return write_figures(out_dir, samples, feats, list(info.classes), info.palette, per_class_iou, info.ignore_index)
+    return write_figures(
+        out_dir, samples, feats, list(info.classes), info.palette, per_class_iou, info.ignore_index, context
+    )

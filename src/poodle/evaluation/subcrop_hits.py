@@ -1,4 +1,4 @@
-"""Subcrop-hit probability vs pixel probability (spec §1.3, App. C, Fig. 10b).
+"""Subcrop-hit probability vs pixel probability (PooDLe paper, App. C, Fig. 10b).
 
 PooDLe's pooled loss on small subcrops is argued to up-weight small objects: the fraction of subcrops that are
 "hit" by an object (the object covers >= `threshold` of the subcrop) is much larger than the object's share of the
@@ -183,11 +183,13 @@ def subcrop_hit_analysis(
 def hit_plot(result: SubcropHitResult, title: str = "subcrop hit vs pixel probability") -> Image.Image:
     """Fig. 10b-style line plot: x = object size (pixel probability), y = probability; subcrop-hit curve per bin
     and the pixel probability (identity line)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
-    width, height = 480, 360
-    left, right, top, bottom = 56, 20, 40, 46
+    from poodle.figure_layout import font, titled
+
+    f = font(13)
+    width, height = 520, 380
+    left, right, top, bottom = 64, 20, 24, 46
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     pw, ph = width - left - right, height - top - bottom
@@ -195,7 +197,6 @@ def hit_plot(result: SubcropHitResult, title: str = "subcrop hit vs pixel probab
     def xy(x: float, y: float) -> tuple[float, float]:
         return left + x * pw, top + (1.0 - y) * ph
 
-    d.text((left, 6), title, fill="black", font=font)
     for t in np.linspace(0.0, 1.0, 6):  # grid + tick labels
         gx, _ = xy(t, 0)
         _, gy = xy(0, t)
@@ -203,11 +204,12 @@ def hit_plot(result: SubcropHitResult, title: str = "subcrop hit vs pixel probab
         d.line([left, gy, left + pw, gy], fill=(225, 225, 225))
         d.line([gx, top + ph, gx, top + ph + 4], fill="black")
         d.line([left - 4, gy, left, gy], fill="black")
-        d.text((gx - 8, top + ph + 6), f"{t:.1f}", fill="black", font=font)
-        d.text((left - 28, gy - 5), f"{t:.1f}", fill="black", font=font)
+        d.text((gx - 9, top + ph + 6), f"{t:.1f}", fill="black", font=f)
+        d.text((left - 32, gy - 8), f"{t:.1f}", fill="black", font=f)
     d.rectangle([left, top, left + pw, top + ph], outline="black")
-    d.text((left + pw // 2 - 80, height - 16), "object size (pixel probability)", fill="black", font=font)
-    d.text((4, top - 16), "probability", fill="black", font=font)
+    xlabel = "object size = the object's share of the global crop's pixels"
+    d.text((left + (pw - f.getlength(xlabel)) / 2, height - 20), xlabel, fill="black", font=f)
+    d.text((4, 4), "probability", fill="black", font=f)
     blue, orange = (31, 119, 180), (255, 127, 14)
     d.line([xy(0, 0), xy(1, 1)], fill=orange, width=2)  # pixel probability = object size
     pts = [xy(b.pixel_probability, b.hit_probability) for b in result.bins]
@@ -215,10 +217,15 @@ def hit_plot(result: SubcropHitResult, title: str = "subcrop hit vs pixel probab
         d.line(pts, fill=blue, width=2)
     for px, py in pts:
         d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=blue)
-    lx, ly = left + pw - 170, top + ph - 40  # legend, bottom right (below the curves' usual path)
-    d.rectangle([lx - 6, ly - 6, lx + 164, ly + 30], fill="white", outline=(150, 150, 150))
-    d.line([lx, ly + 5, lx + 20, ly + 5], fill=blue, width=2)
-    d.text((lx + 26, ly), f"subcrop hit (>= {100 * result.threshold:g} %)", fill="black", font=font)
-    d.line([lx, ly + 20, lx + 20, ly + 20], fill=orange, width=2)
-    d.text((lx + 26, ly + 15), "pixel", fill="black", font=font)
-    return img
+    lx, ly = left + pw - 236, top + ph - 48  # legend, bottom right (below the curves' usual path)
+    d.rectangle([lx - 6, ly - 6, lx + 230, ly + 38], fill="white", outline=(150, 150, 150))
+    d.line([lx, ly + 8, lx + 20, ly + 8], fill=blue, width=2)
+    d.text((lx + 26, ly), f"a subcrop is hit (>= {100 * result.threshold:g} % object)", fill="black", font=f)
+    d.line([lx, ly + 27, lx + 20, ly + 27], fill=orange, width=2)
+    d.text((lx + 26, ly + 19), "a pixel is on the object", fill="black", font=f)
+    notes = [
+        f"Points: {len(result.bins)} bins of object size (quantiles over {result.pairs} (global crop, foreground "
+        f"class) pairs of {result.images} label maps). Blue above orange: a loss on small subcrops sees small "
+        "objects more often than a per-pixel loss does (the PooDLe paper's App. C, Fig. 10b).",
+    ]
+    return titled(img, title, notes=notes)

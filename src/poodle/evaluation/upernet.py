@@ -1,6 +1,6 @@
 """UperNet head (Xiao et al. 2018; mmseg `UPerHead`): PPM on layer4 + FPN over layer1..layer4, fused, classified.
 
-PooDLe discards the SDM for UperNet and reads the encoder pyramid (spec 6.1), so the backbone is the plain
+PooDLe discards the SDM for UperNet and reads the encoder pyramid, so the backbone is the plain
 stride-32 encoder and the FPN runs over layer1 (stride 4) .. layer4 (stride 32); logits come out at stride 4.
 Channels are 512 at full scale (`upernet_channels`), smaller in the CPU recipes. Frozen mode trains only this
 head; finetune mode also trains the backbone (lower lr multiplier, BN in train mode; SyncBN under DDP on GPU).

@@ -3,7 +3,7 @@
 PooDLe's online encoder sees two kinds of input per step: full frames (dense branch) and 32-192 px subcrops
 (pooled branch). Both passes are in train mode, so the loss uses batch statistics either way; but each pass also
 moves the running mean/var, and after a step they are about half subcrop statistics. A frozen readout then
-normalises full-frame features with them (spec 6.1): measured at the SynthDrive study's scale, PooDLe's linear
+normalises full-frame features with them: measured at the SynthDrive study's scale, PooDLe's linear
 mIoU rose from 11.8 to 16.1 when the statistics were recomputed on full frames. `running_stats_frozen` lets the
 subcrop pass use batch statistics exactly as before while leaving the running buffers as the frame pass made them.
 """

@@ -1,4 +1,4 @@
-"""Spatial decoder module (SDM, spec 2.3; decisions 1-2; our reading of ambiguity 20).
+"""Spatial decoder module (SDM): our reading of the paper's decoder, where it is ambiguous.
 
 Full SDM on a stride-32 encoder (widths for ResNet-50; all derived from the encoder channels C2, C3, C4):
 
@@ -10,7 +10,7 @@ Full SDM on a stride-32 encoder (widths for ResNet-50; all derived from the enco
 
 `bottleneck_first=False` selects the paper's Eq. (3) order, z = Bottleneck(upsample(z)) + lateral.
 
-Variants (spec Table 4; ambiguity 20 is our decision, as the wiring of rows 3-4 was not released):
+Variants (the paper's Table 4; the wiring of rows 3-4 is our choice, as it was not released):
 - `top_down=False`: no Bottleneck blocks and no upsampling. Only meaningful on the dilated (output stride 8)
   encoder, where layer2, layer3 and layer4 share the stride-8 grid; the output is layer4.
 - `lateral=False`: no lateral 1x1 convs. With top-down this is row 3: layer4 -> Bottleneck/upsample twice.

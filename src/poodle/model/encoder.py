@@ -1,4 +1,4 @@
-"""ResNet encoder (spec 2.2): a torchvision ResNet without its classifier, returning layer2/3/4 features.
+"""ResNet encoder: a torchvision ResNet without its classifier, returning layer2/3/4 features.
 
 The torchvision submodules (conv1, bn1, layer1..layer4) sit at the top level of `ResNetEncoder`, so its
 state dict has exactly torchvision's key names:

@@ -1,4 +1,4 @@
-"""Projector / predictor MLPs (spec 2.4, ambiguity 17).
+"""Projector / predictor MLPs.
 
 One module serves both branches: on the dense branch it runs as 1x1 convolutions over the stride-8 SDM map;
 on the pooled branch it runs on (N, C) pooled vectors, where Conv1x1-BN2d-ReLU-Conv1x1 on (N, C, 1, 1) is

@@ -1,4 +1,4 @@
-"""Online and EMA-target networks of PooDLe (spec 2.2-2.5).
+"""Online and EMA-target networks of PooDLe.
 
 Online (theta): encoder -> SDM -> dense projector -> dense predictor (dense branch, stride 8)
                 encoder -> global average of layer4 -> pooled projector -> pooled predictor (subcrops)
@@ -61,7 +61,7 @@ class PooDLeNetworks(EMANetworks):
             self.pooled_projector = ConvMLP(c4, hidden, out, bias=cfg.head_bias)
             self.pooled_predictor = ConvMLP(out, hidden, out, bias=cfg.head_bias)
 
-        # Target = exact copy at init (spec 2.5), frozen for autograd; updated only by update_target.
+        # Target = exact copy at init, frozen for autograd; updated only by update_target.
         self._make_target(TARGET_MODULES)
 
     # ------------------------------------------------------------------------------------------- branches

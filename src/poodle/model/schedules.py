@@ -1,7 +1,7 @@
-"""Per-step schedules: EMA momentum (spec 2.5) and warmup + cosine (DINO-style; drives the LR too).
+"""Per-step schedules: EMA momentum and warmup + cosine (DINO-style; drives the LR too).
 
 Schedules are numpy arrays indexed by optimiser step. The horizon (`total_steps`, e.g. 300 epochs) and the
-stop point (`stop_step`, e.g. 100 epochs) are separate (decision 11): the array is the full-horizon schedule
+stop point (`stop_step`, e.g. 100 epochs) are separate: the array is the full-horizon schedule
 truncated at the stop, so a run stopped at 100 of 300 epochs sees exactly the values the release used.
 """
 

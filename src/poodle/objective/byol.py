@@ -1,4 +1,4 @@
-"""BYOL (baselines-spec 1) on frame pairs: the online network predicts the EMA target's projection of the other view.
+"""BYOL on frame pairs: the online network predicts the EMA target's projection of the other view.
 
     y = avgpool(layer4(f(v))), z = g(y), q = h(z)         (online f, g; predictor h)
     z' = g'(y'), with f', g' the EMA copies of f, g        (target, stop-gradient)

@@ -1,7 +1,7 @@
 """DenseCL (Wang et al., CVPR 2021) on frame pairs: MoCo-v2 global contrast plus dense contrast, both with queues.
 
 Faithful to the authors' code (WXinlong/DenseCL @b64bbb6e: openselfsup/models/densecl.py, necks.py `DenseCLNeck`,
-heads/contrastive_head.py; baselines-spec section 3):
+heads/contrastive_head.py):
 
 - query encoder = ResNet + DenseCL neck; key encoder = its momentum copy (constant momentum 0.999, no schedule).
   The neck has a global branch (avg-pool -> Linear -> ReLU -> Linear, no BN) and a dense branch (1x1 conv -> ReLU

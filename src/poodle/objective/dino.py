@@ -1,4 +1,4 @@
-"""DINO with a ResNet trunk (baselines-spec 2) on frame pairs: multi-crop self-distillation with centring.
+"""DINO with a ResNet trunk on frame pairs: multi-crop self-distillation with centring.
 
 Faithful to facebookresearch/dino `main_dino.py` (DINOLoss, multi-crop) and `vision_transformer.py` (DINOHead)
 at 7c446df5:

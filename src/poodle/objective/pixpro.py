@@ -1,6 +1,6 @@
 """PixPro (Xie et al., CVPR 2021) on frame pairs: pixel propagation and pixel-to-propagation consistency.
 
-As zdaxie/PixPro `contrast/models/PixPro.py` and `contrast/data/transform_coord.py` (@e390d6b6, baselines-spec 4):
+As zdaxie/PixPro `contrast/models/PixPro.py` and `contrast/data/transform_coord.py` (@e390d6b6):
 
 - online: encoder -> layer4 map -> projector (1x1 conv C4 -> hidden (bias), BN, ReLU, 1x1 conv -> out_dim) ->
   pixel propagation module (PPM): s_ij = clamp(cos(x_i, x_j), min=clamp) ** gamma over all positions of one view,

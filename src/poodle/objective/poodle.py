@@ -1,10 +1,10 @@
-"""PooDLeObjective: one forward pass of the PooDLe objective on a batch of frame pairs (spec 4.4).
+"""PooDLeObjective: one forward pass of the PooDLe objective on a batch of frame pairs.
 
 This is the whole method as a module, independent of any training loop: it owns the networks (online, predictor
 heads and EMA target), applies the batched on-device augmentations, and returns the losses. The engine wraps it
 with the optimiser, schedules, EMA updates (`networks.update_target(tau)` before each forward), DDP and logging.
 
-Both temporal orderings are in the same batch (spec 4.3): for N pairs (a, b) the online branch sees
+Both temporal orderings are in the same batch: for N pairs (a, b) the online branch sees
 [a; b] and the target branch [b; a], with flows [a->b; b->a].
 """
 
@@ -61,7 +61,7 @@ class PooDLeObjective(Method):
         flow_back = torch.cat([batch.flow_ba, batch.flow_ab]).float()
         autocast = self._networks_precision(flow.device)
 
-        # Photometric augmentation, independently per frame (spec 3.4); both losses see the same colours.
+        # Photometric augmentation, independently per frame; both losses see the same colours.
         # Online row b is paired with row (b + N) mod 2N: online [a; b], target [b; a].
         online_images = photometric(torch.cat([batch.frame_a, batch.frame_b]), cfg.augment, generator=generator)
         if self.cfg.run.channels_last and flow.device.type == "cuda":
@@ -86,7 +86,7 @@ class PooDLeObjective(Method):
         if cfg.objective.pooled:
             boxes = flow_aware_subcrops(flow, cfg.subcrops, generator=generator)
             # Target crops come from the paired frame, or from the online frame itself where the flow left the
-            # image (the same-frame fallback of spec 3.7c): one batched call, no Python loop, no host sync.
+            # image (the same-frame fallback): one batched call, no Python loop, no host sync.
             paired_index = (torch.arange(2 * n, device=flow.device) + n) % (2 * n)
             online_crops, target_crops = crop_pairs(
                 online_images, boxes, cfg.subcrops.size, paired_index=paired_index, mode=cfg.subcrops.crop_mode

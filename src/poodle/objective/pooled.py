@@ -1,4 +1,4 @@
-"""Pooled BYOL loss on flow-aware subcrop pairs (spec 4.2, paper Eq. 2).
+"""Pooled BYOL loss on flow-aware subcrop pairs (paper Eq. 2).
 
     L_pool = mean_k || normalize(q(p_bar_online,k)) - normalize(p_bar_target,k) ||^2
 

@@ -186,7 +186,7 @@ def claims(v: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         t_small = welch(metric(v[lo[2]], "Small"), metric(v[hi[2]], "Small"))
         t_all = welch(metric(v[lo[2]], "All"), metric(v[hi[2]], "All"))
         out.append({
-            "claim": 4, "text": "smaller subcrops help small classes (spec Table 5 trend)",
+            "claim": 4, "text": "smaller subcrops help small classes (the paper's Table 5 trend)",
             "tests": {"small": t_small, "all": t_all},
             "verdict": {"small": verdict(t_small), "all": verdict(t_all)},
             "reading": [_fmt_test(f"area {lo[0]:.2f}-{lo[1]:.2f}", f"area {hi[0]:.2f}-{hi[1]:.2f}", t_small,
@@ -276,20 +276,32 @@ GROUP_COLORS = {"All": (31, 119, 180), "Small": (255, 127, 14), "Large": (44, 16
                 "Common": (148, 103, 189)}  # fmt: skip
 
 
+GROUP_MEANING = {
+    "All": "all classes",
+    "Small": "classes averaging <= 1 % of the pixels of the images they occur in",
+    "Large": "classes averaging > 1 %",
+    "Rare": "classes in <= 20 % of train images",
+    "Common": "classes in > 20 %",
+}
+
+
 def bar_chart(
     v: dict[str, list[dict[str, Any]]],
     groups: Sequence[str] = ("All", "Small", "Large"),
-    title: str = "SynthDrive study: linear-readout mIoU (mean ± std over seeds; dots = seeds)",
+    title: str = "SynthDrive study: linear-readout mIoU by class group, per pretraining variant",
 ):
     """Grouped bars (one group per variant, one bar per class group) with +-1 std error bars and seed dots."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
+    from poodle.figure_layout import font, swatches, titled
+
+    f = font(13)
     n = len(v)
-    slot = 24 * len(groups) + 20
-    left, top, bottom, right = 48, 36, 120, 16
-    width, height = left + right + slot * n, 380
-    img = Image.new("RGB", (max(width, 60 + 6 * len(title)), height), "white")
+    bar = 20
+    slot = (bar + 6) * len(groups) + 24
+    left, top, bottom, right = 56, 10, 66, 16
+    width, height = left + right + slot * n, 400
+    img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     ph = height - top - bottom
     ymax = max([max(metric(r, g)) for r in v.values() for g in groups] + [0.05])
@@ -301,27 +313,29 @@ def bar_chart(
     for k in range(int(round(ymax * 20)) + 1):
         val = k / 20
         d.line([left, y(val), left + slot * n, y(val)], fill=(225, 225, 225))
-        d.text((4, y(val) - 5), f"{100 * val:.0f}", fill="black", font=font)
-    d.text((left, 8), title, fill="black", font=font)
+        d.text((left - 8 - f.getlength(f"{100 * val:.0f}"), y(val) - 8), f"{100 * val:.0f}", fill="black", font=f)
+    d.line([left, top, left, y(0)], fill="black")
+    axis = Image.new("RGB", (ph, 18), "white")  # y-axis title, drawn horizontally and rotated
+    ImageDraw.Draw(axis).text(((ph - f.getlength("mIoU (%)")) / 2, 1), "mIoU (%)", fill="black", font=f)
+    img.paste(axis.rotate(90, expand=True), (2, top))
     for i, recs in enumerate(v.values()):
-        x0 = left + i * slot + 10
+        x0 = left + i * slot + 12
         for j, g in enumerate(groups):
             vals = metric(recs, g)
             m, s = mean_std(vals)
-            bx = x0 + 24 * j
-            d.rectangle([bx, y(m), bx + 18, y(0)], fill=GROUP_COLORS[g])
+            bx = x0 + (bar + 6) * j
+            d.rectangle([bx, y(m), bx + bar, y(0)], fill=GROUP_COLORS[g])
             if not math.isnan(s):
-                d.line([bx + 9, y(m + s), bx + 9, y(max(m - s, 0.0))], fill="black", width=1)
+                d.line([bx + bar // 2, y(m + s), bx + bar // 2, y(max(m - s, 0.0))], fill="black", width=1)
             for val in vals:
-                d.ellipse([bx + 7, y(val) - 2, bx + 11, y(val) + 2], outline="black")
+                c = bx + bar // 2
+                d.ellipse([c - 3, y(val) - 3, c + 3, y(val) + 3], outline="black")
         label = recs[0]["label"]
-        for li, part in enumerate(_wrap(label, max(8, slot // 6))):
-            d.text((x0, y(0) + 6 + 11 * li), part, fill="black", font=font)
-    for j, g in enumerate(groups):
-        lx = left + 80 * j
-        d.rectangle([lx, height - 18, lx + 10, height - 8], fill=GROUP_COLORS[g])
-        d.text((lx + 14, height - 19), g, fill="black", font=font)
-    return img
+        for li, part in enumerate(_wrap(label, max(8, slot // 7))):
+            d.text((x0, y(0) + 6 + 15 * li), part, fill="black", font=f)
+    legend = swatches([(f"{g}: {GROUP_MEANING.get(g, g)}", GROUP_COLORS[g]) for g in groups], width, 13, "bars:")
+    notes = ["Bar = mean over seeds; vertical line = ±1 standard deviation; circles = the individual seeds."]
+    return titled(img, title, below=[legend], notes=notes)
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -364,7 +378,7 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
     bar_chart(v).save(figures / "study_miou.png")
     sweep = {k: v[k] for _, _, k in sweep_points(v)}
     if sweep:
-        title = "Subcrop-area sweep (Table 5): mIoU, mean ± std; dots = seeds"
+        title = "Subcrop-area sweep (the paper's Table 5): linear-readout mIoU by class group"
         bar_chart(sweep, ("All", "Small", "Large"), title).save(figures / "subcrop_sweep.png")
     lines = [
         f"# SynthDrive study ({plan.name})",

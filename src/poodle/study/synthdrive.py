@@ -1,4 +1,4 @@
-"""The SynthDrive study: do PooDLe's claims (spec Tables 4 and 5) hold at CPU scale? (`poodle study synthdrive`)
+"""The SynthDrive study: do PooDLe's claims (the paper's Tables 4 and 5) hold at CPU scale? (`poodle study synthdrive`)
 
 One fixed dataset, one budget, many variants, several seeds:
 
@@ -40,7 +40,7 @@ class Variant:
     label: str  # row label in the tables
     config: str | None  # shipped pretraining config; None = randomly initialised backbone, no pretraining
     overrides: tuple[str, ...] = ()  # on top of SCALE
-    paper: str = ""  # where the variant comes from in the spec
+    paper: str = ""  # where the variant comes from in the paper
 
     @property
     def pretrained(self) -> bool:

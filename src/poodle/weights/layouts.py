@@ -1,5 +1,5 @@
 """Published checkpoint layouts: recognise a file by its keys and map it to poodle's networks or a torchvision
-backbone, tensor for tensor (baselines-spec section 9).
+backbone, tensor for tensor.
 
 | Layout | Recognised by | Becomes |
 |---|---|---|

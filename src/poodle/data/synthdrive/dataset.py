@@ -38,6 +38,7 @@ from poodle.data.synthdrive.boxes import (
     instance_table,
 )
 from poodle.data.synthdrive.flo import write_flo
+from poodle.data.synthdrive.preview import write_preview
 from poodle.data.synthdrive.sequence import SynthDriveError, SynthDriveSequence, check_resolution
 from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
 from poodle.progress import progress_bar
@@ -332,7 +333,7 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
                     flow, occ = seq.flow(t, t + dt), seq.occlusion(t, t + dt)
                     flow_index[split].append(_write_flow(root, split, name, t, t + dt, flow, occ))
                     if preview and split == "train" and len(previews) < 4:
-                        previews.append((frames[t], frames[t + dt], seq.labels(t), flow, occ))
+                        previews.append((frames[t], frames[t + dt], seq.labels(t), flow, occ, dt))
             (root / "flow" / f"{split}.json").write_text(json.dumps(flow_index[split], indent=1))
 
     train_labels = []
@@ -378,7 +379,7 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
         f"## Detection boxes (labels/det_20, both splits)\n\n{det_stats.markdown()}\n"
     )
     if preview and previews:
-        write_preview(root / "preview.png", previews)
+        write_preview(root / "preview.png", previews, p.fps)
     meta = {
         "generator": "synthdrive",
         "generator_version": GENERATOR_VERSION,
@@ -413,18 +414,3 @@ def _generate_into(root: Path, p: Preset, seed: int, preset_name: str, preview: 
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks a complete dataset
     return meta
-
-
-def write_preview(path: Path, rows: list[tuple]) -> None:
-    """Grid: frame t | frame t2 | labels (palette) | flow colour map | occlusion mask."""
-    import torch
-    from torchvision.utils import flow_to_image
-
-    lines = []
-    for frame, frame2, labels, flow, occ in rows:
-        # Occluded / out-of-view points can have huge flows that would wash out the colour scale.
-        shown = np.where(occ[..., None], np.float32(0.0), flow)
-        flow_rgb = flow_to_image(torch.from_numpy(shown).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-        occ_rgb = np.repeat(occ[..., None].astype(np.uint8) * 255, 3, axis=2)
-        lines.append(np.concatenate([frame, frame2, colorize(labels), flow_rgb, occ_rgb], axis=1))
-    Image.fromarray(np.concatenate(lines, axis=0)).save(path)

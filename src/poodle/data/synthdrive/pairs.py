@@ -1,7 +1,7 @@
 """Training pairs rendered on the fly from SynthDrive, with exact forward and backward flow (`flow.source=gt`).
 
 The scene of a sequence depends only on (seed, index), not on the resolution, so a pair can be rendered at any
-scale: the outer crop of spec 3.3 is realised by rendering the frames at `canvas * s` and cutting the same
+scale: the outer crop is realised by rendering the frames at `canvas * s` and cutting the same
 `resolution` window from both, and the flow of that render is exact at that scale (no resampling of vectors).
 With a dataset root, the sequences are the ones whose videos lie in `ROOT/videos/train` (from `meta.json`);
 without one, the `small` preset's training sequences for seed `run.seed`.

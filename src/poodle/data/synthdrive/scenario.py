@@ -1,6 +1,6 @@
 """Procedural scene sampling: one deterministic street scene per (seed, index).
 
-Spawn probabilities are tuned so that the label statistics resemble BDD100K (spec 6.6): road, sky, building and
+Spawn probabilities are tuned so that the label statistics resemble BDD100K (paper, Table 10): road, sky, building and
 vegetation dominate; poles, lights, signs and people are small; buses, trains, motorcycles, bicycles and riders
 are rare (a per-sequence coin decides whether they exist at all).
 """
