@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from poodle.study.synthdrive import PLANS, SCALE, VARIANTS, StudyError, plan_for, run_study
 
     if args.list:
-        print("variants (key: label [spec] config + overrides):")
+        print("variants (key: label [where in the paper] config + overrides):")
         for v in VARIANTS.values():
             cfg = f"{v.config} {' '.join(v.overrides)}".strip() if v.config else "no pretraining"
             print(f"  {v.key:<22} {v.label} [{v.paper}]: {cfg}")

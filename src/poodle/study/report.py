@@ -213,7 +213,7 @@ def sweep_points(v: dict[str, list[dict[str, Any]]]) -> list[tuple[float, float,
 
 
 def group_table(v: dict[str, list[dict[str, Any]]], kind: str = "mIoU") -> str:
-    head = f"| Variant | Spec | Seeds | {' | '.join(GROUPS)} |\n|---|---|---|{'---|' * len(GROUPS)}"
+    head = f"| Variant | In the paper | Seeds | {' | '.join(GROUPS)} |\n|---|---|---|{'---|' * len(GROUPS)}"
     rows = [f"| {r[0]['label']} | {r[0]['paper']} | {len(r)} | " + " | ".join(pm(metric(r, g, kind)) for g in GROUPS)
             + " |" for r in v.values()]  # fmt: skip
     return "\n".join([head, *rows])
