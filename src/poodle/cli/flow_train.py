@@ -1,14 +1,14 @@
 """`poodle flow train`: train an optical-flow network (torchvision RAFT) on your own frame pairs, without labels.
 
-    poodle flow train --dataset synthdrive --out runs/flow_sd                       # CPU recipe, minutes
+    poodle flow train --dataset synthdrive --out runs/flow_sd        # CPU smoke recipe (12-23 min on 2 cores)
     poodle flow train --config flow_train_video_gpu --dataset folder --data /videos --out runs/flow
-    torchrun --nproc_per_node 4 -m poodle flow train --config flow_train_video_gpu --data /bdd --dataset bdd100k \
-        --out runs/flow_bdd
+    torchrun --nproc_per_node 4 -m poodle flow train --config flow_train_video_gpu --data /bdd --dataset bdd100k
 
 UFlow/SMURF losses: census photometric loss, edge-aware smoothness, forward-backward occlusion masking, a loss on
 every RAFT update, optional self-supervision. The model is OUT/flow_model.pt (a torchvision RAFT state dict); use it
 as a flow source with `flow.source=raft_small flow.weights=OUT/flow_model.pt` (pretrain, prepare), and measure it
-with `poodle flow --benchmark-synthdrive --trained OUT`. See docs/flow.md.
+with `poodle flow --benchmark-synthdrive --trained OUT`. See docs/flow.md: at CPU scale the model does not yet
+learn beyond zero flow.
 """
 
 from __future__ import annotations
