@@ -106,5 +106,36 @@ def _os_error_line(e: OSError) -> str:
     return f"{paths}: {e.strerror}" if paths else e.strerror + " (set POODLE_DEBUG=1 for the traceback)"
 
 
+def flag_overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...]) -> list[str]:
+    """`key=value` overrides from the command line, then one per convenience flag that was given (`--data` ->
+    `data.root=...`), so a flag wins over the same key typed as an override."""
+    overrides = list(args.overrides)
+    overrides += [f"{key}={getattr(args, flag)}" for flag, key in flags if getattr(args, flag) is not None]
+    return overrides
+
+
+def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    """--weights / --branch / --arch / --name of the readout commands (segmentation and detection)."""
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="poodle run folder / checkpoint, torchvision .pth, a published checkpoint (the authors' "
+        "PooDLe/FlowE, DINO, PixPro, DenseCL/MoCo; docs/weights.md), imagenet:PATH or random",
+    )
+    p.add_argument("--branch", choices=("auto", "online", "ema"), default="auto",
+                   help="online or EMA weights of a published checkpoint (auto: the method's convention, DINO's "
+                        "teacher, the others' online network)")  # fmt: skip
+    p.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="needed for random; else a check")
+    p.add_argument("--name", help="method name shown in the tables (default: the weights' name)")
+
+
+def add_override_arguments(p: argparse.ArgumentParser, example: str, set_example: str) -> None:
+    """Recipe overrides as positional `key=value` anywhere on the line, and the same behind `--set`."""
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help=f"recipe overrides anywhere on the line, e.g. `{example}`")  # fmt: skip
+    p.add_argument("--set", dest="set_overrides", nargs="+", action="extend", default=[], metavar="key=value",
+                   help=f"the same overrides behind a flag, e.g. --set {set_example}")  # fmt: skip
+
+
 class UserError(Exception):
     """Bad input from the user (path, size, count): printed as one clear line, exit status 2."""

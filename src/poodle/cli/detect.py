@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from poodle.cli import UserError
+from poodle.cli import UserError, add_override_arguments, add_weights_arguments
 
 DATASETS = ("bdd100k", "synthdrive")
 
@@ -28,26 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS,
                    help="dataset (both read the BDD100K det_20 layout; SynthDrive writes it too)")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--weights", required=True,
-                   help="poodle run folder / checkpoint, torchvision .pth, a published checkpoint (docs/weights.md), "
-                        "imagenet:PATH or random")  # fmt: skip
-    p.add_argument(
-        "--branch",
-        choices=("auto", "online", "ema"),
-        default="auto",
-        help="online or EMA weights of a published checkpoint (auto: the method's convention)",
-    )
-    p.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="needed for random; else a check")
+    add_weights_arguments(p)
     p.add_argument("--out", required=True, help="output folder (results.json, table.md, last.pt, figures/)")
     p.add_argument("--steps", type=int, help="override the recipe's number of training steps")
     p.add_argument("--config", help="detection recipe name or YAML (default: detection_<dataset>[_cpu])")
-    p.add_argument("--name", help="method name shown in the tables (default: the weights' name)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="periodic log lines instead of a progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="recipe overrides anywhere on the line, e.g. `c4_train_res5=true lr=0.01`")  # fmt: skip
-    p.add_argument("--set", dest="set_overrides", nargs="+", action="extend", default=[], metavar="key=value",
-                   help="the same overrides behind a flag, e.g. --set steps=100")  # fmt: skip
+    add_override_arguments(p, "c4_train_res5=true lr=0.01", "steps=100")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from poodle.cli import UserError
+from poodle.cli import UserError, add_override_arguments, add_weights_arguments
 
 DATASETS = ("bdd100k", "cityscapes", "ade20k", "wtsem", "synthdrive", "folder")
 
@@ -27,25 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="readout head (`poodle eval detection --help` for the detection readout)")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
-    p.add_argument(
-        "--weights",
-        required=True,
-        help="poodle run folder / checkpoint, torchvision .pth, a published checkpoint (the authors' "
-        "PooDLe/FlowE, DINO, PixPro, DenseCL/MoCo; docs/weights.md), imagenet:PATH or random",
-    )
-    p.add_argument("--branch", choices=("auto", "online", "ema"), default="auto",
-                   help="online or EMA weights of a published checkpoint (auto: the method's convention, DINO's "
-                        "teacher, the others' online network)")  # fmt: skip
-    p.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="needed for random; else a check")
+    add_weights_arguments(p)
     p.add_argument("--out", required=True, help="output folder (results.json, table.md, head.pt, figures/)")
     p.add_argument("--steps", type=int, help="override the recipe's number of steps")
     p.add_argument("--config", help="readout recipe name or YAML (default: readout_/upernet_<dataset>)")
-    p.add_argument("--name", help="method name shown in the tables (default: the weights' name)")
     p.add_argument("--no-progress", action="store_true", help="periodic log lines instead of a progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="recipe overrides anywhere on the line, e.g. `lr=0.01 inference=slide`")  # fmt: skip
-    p.add_argument("--set", dest="set_overrides", nargs="+", action="extend", default=[], metavar="key=value",
-                   help="the same overrides behind a flag, e.g. --set lr=0.01 steps=100")  # fmt: skip
+    add_override_arguments(p, "lr=0.01 inference=slide", "lr=0.01 steps=100")
 
 
 def run(args: argparse.Namespace) -> int:

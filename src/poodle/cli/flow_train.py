@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from poodle.cli import UserError
+from poodle.cli import UserError, flag_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,12 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace):
     from poodle.flowtrain.config import load_flow_train_config
 
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data.root"), ("dataset", "data.dataset"), ("device", "run.device"),
-                      ("size", "model.size")):  # fmt: skip
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    flags = (("data", "data.root"), ("dataset", "data.dataset"), ("device", "run.device"), ("size", "model.size"))
+    overrides = flag_overrides(args, flags)
     return load_flow_train_config(args.config, overrides)
 
 

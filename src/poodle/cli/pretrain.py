@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from poodle.cli import UserError
+from poodle.cli import UserError, flag_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,12 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace):
     from poodle.config import load_config
 
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data.root"), ("dataset", "data.dataset"), ("flow", "flow.source"),
-                      ("device", "run.device")):  # fmt: skip
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    flags = (("data", "data.root"), ("dataset", "data.dataset"), ("flow", "flow.source"), ("device", "run.device"))
+    overrides = flag_overrides(args, flags)
     return load_config(args.config, overrides)
 
 

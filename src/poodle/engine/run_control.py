@@ -10,6 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from poodle.engine.distributed import DistInfo, all_reduce_mean
+from poodle.engine.health import state_nonfinite
+
 
 class StopRequest:
     """SIGTERM / SIGUSR1 (preemption, SLURM's pre-kill signal) and Ctrl-C (SIGINT) ask the loop to finish the
@@ -38,6 +43,31 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def stop_after_step(stop: StopRequest, is_log: bool, is_ckpt: bool, info: DistInfo) -> bool:
+    """Whether this step ends the run on a signal. It is acted on where the ranks already meet (logged or checkpoint
+    steps) so that all of them save the same step; a single process acts on it after the current step. Read once
+    per step, so a signal landing between the save decision and the exit check waits for the next step."""
+    return stop.signal is not None and (is_log or is_ckpt or not info.enabled)
+
+
+def checked_step_flags(
+    diverged: torch.Tensor, state: torch.nn.Module, stop: StopRequest, info: DistInfo
+) -> tuple[bool, bool, bool]:
+    """The one host sync of a checked (logged / checkpoint / stopping) step, over all ranks: (non-finite loss or
+    gradient since the last check, non-finite parameters or buffers in `state`, a stop request on any rank)."""
+    device = diverged.device
+    flags = torch.stack([diverged.float(), state_nonfinite(state).to(device).float(),
+                         torch.tensor(float(stop.signal is not None), device=device)])  # fmt: skip
+    loss_bad, state_bad, stop_any = (all_reduce_mean(flags, info) > 0).tolist()
+    return loss_bad, state_bad, stop_any
+
+
+def announce_stop(stop: StopRequest, step: int, checkpoint: Path, info: DistInfo) -> None:
+    if info.is_main:
+        print(f"received signal {stop.signal or 'from another rank'}: saved step {step} to {checkpoint}; exiting",
+              flush=True)  # fmt: skip
 
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn

@@ -27,11 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from poodle.config import Config
 from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from poodle.engine.health import CollapseMonitor, grad_norm, nonfinite_names, state_nonfinite
+from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed
+from poodle.engine.health import CollapseMonitor, grad_norm, nonfinite_names
 from poodle.engine.metrics_log import MetricsLog
 from poodle.engine.optim import build_optimizer, clip_per_parameter
 from poodle.engine.run_control import StopRequest as _StopRequest
+from poodle.engine.run_control import announce_stop, checked_step_flags, stop_after_step
 from poodle.engine.run_control import remove_stale_temporaries as _remove_stale_temporaries
 from poodle.model import cosine_schedule
 from poodle.objective import PairBatch, build_method
@@ -197,11 +198,7 @@ def pretrain(
 
     def save(step: int) -> Path:
         # Every rank's RNG state is gathered so each resumes its own stream; rank 0 writes.
-        states = [rng_state()]
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, states[0])
-            states = gathered
+        states = gather_objects(rng_state(), info)
         if info.is_main:
             ckpt = {
                 "step": step,
@@ -262,16 +259,10 @@ def pretrain(
             done = step + 1
             is_log = done % cfg.run.log_every == 0 or done == sched.stop_step
             is_ckpt = done % cfg.run.ckpt_every == 0 or done == sched.stop_step
-            # A signal is acted on where the ranks already meet (logged or checkpoint steps) so that all of them
-            # save the same step; a single process acts on it after the current step. The flag is read once, so a
-            # signal landing between the save decision and the exit check waits for the next step.
-            stopping = stop.signal is not None and (is_log or is_ckpt or not info.enabled)
+            stopping = stop_after_step(stop, is_log, is_ckpt, info)
             log.advance(1, logged=is_log, **({"loss": float(loss.detach())} if is_log else {}))
             if is_log or is_ckpt or stopping:
-                # The one host sync of a checked step: divergence so far, the state's finiteness, the stop request.
-                flags = torch.stack([diverged.float(), state_nonfinite(networks).to(device).float(),
-                                     torch.tensor(float(stop.signal is not None), device=device)])  # fmt: skip
-                loss_bad, state_bad, stop_any = (all_reduce_mean(flags, info) > 0).tolist()
+                loss_bad, state_bad, stop_any = checked_step_flags(diverged, networks, stop, info)
                 if loss_bad or state_bad:
                     raise TrainingError(_divergence_message(done, loss_bad, networks, last_good_step, last, cfg))
                 stopping = stopping or (stop_any and info.enabled)
@@ -306,9 +297,7 @@ def pretrain(
                 save(done)
                 last_good_step = done
             if stopping:
-                if info.is_main:
-                    print(f"received signal {stop.signal or 'from another rank'}: saved step {done} to {last}; "
-                          "exiting", flush=True)  # fmt: skip
+                announce_stop(stop, done, last, info)
                 break
     finally:
         stop.restore()

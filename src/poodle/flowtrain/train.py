@@ -24,10 +24,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from poodle.data.optical_flow import TRAINED_FLOW_FILE
 from poodle.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from poodle.engine.health import grad_norm, state_nonfinite
+from poodle.engine.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed
+from poodle.engine.health import grad_norm
 from poodle.engine.metrics_log import MetricsLog
-from poodle.engine.run_control import StopRequest, remove_stale_temporaries
+from poodle.engine.run_control import (
+    StopRequest,
+    announce_stop,
+    checked_step_flags,
+    remove_stale_temporaries,
+    stop_after_step,
+)
 from poodle.engine.train import TrainingError, resolve_device, step_generator
 from poodle.flowtrain.config import FlowAugmentConfig, FlowTrainConfig
 from poodle.flowtrain.losses import selfsup_crop, selfsup_loss, swap_directions, unsupervised_flow_loss
@@ -215,11 +221,7 @@ def train_flow(cfg: FlowTrainConfig, run_dir: str | Path, pair_source, stop_step
     stop.install()
 
     def save(step: int) -> None:
-        states = [rng_state()]
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, states[0])
-            states = gathered
+        states = gather_objects(rng_state(), info)
         if info.is_main:
             ckpt = {"step": step, "model": net.raft.state_dict(), "optimizer": optimizer.state_dict(), "rng": states,
                     "config": cfg.to_dict(), "world_size": info.world_size}  # fmt: skip
@@ -261,12 +263,10 @@ def train_flow(cfg: FlowTrainConfig, run_dir: str | Path, pair_source, stop_step
             done = step + 1
             is_log = done % cfg.run.log_every == 0 or done == stop_at
             is_ckpt = done % cfg.run.ckpt_every == 0 or done == stop_at
-            stopping = stop.signal is not None and (is_log or is_ckpt or not info.enabled)
+            stopping = stop_after_step(stop, is_log, is_ckpt, info)
             log.advance(1, logged=is_log, **({"loss": float(loss.detach())} if is_log else {}))
             if is_log or is_ckpt or stopping:
-                flags = torch.stack([diverged.float(), state_nonfinite(net).to(device).float(),
-                                     torch.tensor(float(stop.signal is not None), device=device)])  # fmt: skip
-                loss_bad, state_bad, stop_any = (all_reduce_mean(flags, info) > 0).tolist()
+                loss_bad, state_bad, stop_any = checked_step_flags(diverged, net, stop, info)
                 if loss_bad or state_bad:
                     kept = f"{last} holds step {last_good_step} and is kept" if last_good_step > 0 \
                         else "nothing was saved"  # fmt: skip
@@ -289,9 +289,7 @@ def train_flow(cfg: FlowTrainConfig, run_dir: str | Path, pair_source, stop_step
                 save(done)
                 last_good_step = done
             if stopping:
-                if info.is_main:
-                    print(f"received signal {stop.signal or 'from another rank'}: saved step {done} to {last}; "
-                          "exiting", flush=True)  # fmt: skip
+                announce_stop(stop, done, last, info)
                 break
     finally:
         stop.restore()
