@@ -1,0 +1,134 @@
+"""Can RAFT leave zero flow on a few SynthDrive pairs? The same network and pairs, trained with the truth or with
+the label-free loss: separates "the network cannot learn this" from "the loss does not lead there".
+
+    PYTHONPATH=src python benchmarks/flow_train_overfit.py --loss supervised --steps 100
+    PYTHONPATH=src python benchmarks/flow_train_overfit.py --loss unsupervised --steps 150 [loss.key=value ...]
+
+Pairs: SynthDrive sequences `--sequences` (default 2 and 3, both driving), frames 0 and `--dt`, at `--resolution`,
+both directions in one batch, the same pairs every step (an overfitting test, not training). `supervised`: RAFT's
+sequence loss on the exact flow (L1 over pixels whose target stays in the frame, update i of N weighted 0.8^(N-1-i)).
+`unsupervised`: `poodle.flowtrain.losses.unsupervised_flow_loss` with the loss section of `--config` (default: the
+CPU recipe, `flow_train_synthdrive_cpu`) and any `loss.*` overrides. Adam, global gradient-norm clip 1.0.
+Prints the zero-flow EPE, then the EPE against the exact flow (both directions, pixels whose target stays in the
+frame) every 25 steps and after the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from poodle.config import ConfigError
+from poodle.data.flow import in_bounds_mask
+from poodle.data.synthdrive import SynthDriveError, SynthDriveSequence
+from poodle.flowtrain.config import load_flow_train_config
+from poodle.flowtrain.losses import sequence_weights, unsupervised_flow_loss
+from poodle.flowtrain.model import UnsupervisedRaft
+
+
+def _chw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+
+
+def synthdrive_pairs(
+    indices: list[int], dt: int, hw: tuple[int, int], supersample: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """Frames a, b (N, 3, H, W) in [0, 1] and the exact flows [a->b; b->a] (2N, 2, H, W). `supersample` s > 1
+    renders the frames at s times the resolution and area-averages them down (an antialiased render)."""
+    a, b, fw, bw = [], [], [], []
+    for i in indices:
+        seq = SynthDriveSequence(seed=0, index=i, resolution=hw, fps=30)
+        big = SynthDriveSequence(seed=0, index=i, resolution=(hw[0] * supersample, hw[1] * supersample), fps=30)
+        for t, out in ((0, a), (dt, b)):
+            frame = _chw(big.frame(t)) / 255
+            out.append(F.interpolate(frame, size=hw, mode="area") if supersample > 1 else frame)
+        fw.append(_chw(seq.flow(0, dt)))
+        bw.append(_chw(seq.flow(dt, 0)))
+    return torch.cat(a), torch.cat(b), torch.cat(fw + bw)
+
+
+def epe(flow: torch.Tensor, truth: torch.Tensor) -> float:
+    keep = in_bounds_mask(truth)[:, 0]
+    return float((flow - truth).norm(dim=1)[keep].mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--loss", choices=("supervised", "unsupervised"), default="unsupervised")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--dt", type=int, default=4)
+    p.add_argument("--sequences", type=int, nargs="+", default=[2, 3])
+    p.add_argument("--resolution", default="128x256")
+    p.add_argument("--iters", type=int, default=4)
+    p.add_argument(
+        "--model",
+        choices=("raft", "field"),
+        default="raft",
+        help="field: no network, a 1/8-resolution flow field (bilinearly upsampled) fitted directly",
+    )
+    p.add_argument("--supersample", type=int, default=1, help="render frames at N x the resolution, area-average down")
+    p.add_argument("--config", default="flow_train_synthdrive_cpu")
+    p.add_argument("overrides", nargs="*", help="loss.key=value overrides of the config's loss section")
+    args = p.parse_args(argv)
+    try:
+        hw = tuple(int(v) for v in args.resolution.lower().split("x"))
+        if len(hw) != 2:
+            raise ValueError
+        cfg = load_flow_train_config(args.config, args.overrides)
+        a, b, truth = synthdrive_pairs(args.sequences, args.dt, hw, args.supersample)
+    except (ConfigError, SynthDriveError) as e:  # ConfigError is a ValueError: caught first
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"error: --resolution {args.resolution!r}: expected HxW, e.g. 128x256", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    if args.model == "raft":
+        model = UnsupervisedRaft(cfg.model.size)
+        params = list(model.parameters())
+    else:  # the loss landscape without a network: where does gradient descent on the flow itself go from zero?
+        field = torch.zeros(truth.shape[0], 2, hw[0] // 8, hw[1] // 8, requires_grad=True)
+        params = [field]
+
+        def model(a, b, iters):
+            return [F.interpolate(field, size=hw, mode="bilinear", align_corners=False)] * iters
+
+    opt = torch.optim.Adam(params, lr=args.lr)
+    weights = sequence_weights(args.iters, 0.8)
+    valid = in_bounds_mask(truth).float()
+    print(
+        f"{args.model}, {args.loss}, dt {args.dt}, sequences {args.sequences} at {hw[0]}x{hw[1]} "
+        f"(supersample {args.supersample}), lr {args.lr}"
+    )
+    print(f"zero flow EPE {epe(torch.zeros_like(truth), truth):.2f} px")
+    t0 = time.perf_counter()
+    for step in range(args.steps + 1):
+        flows = model(a, b, args.iters)
+        if step % 25 == 0 or step == args.steps:
+            last = flows[-1].detach()
+            print(f"step {step:4d}  EPE {epe(last, truth):6.2f} px  mean |flow| {last.norm(dim=1).mean():6.2f} px  "
+                  f"{time.perf_counter() - t0:5.0f} s", flush=True)  # fmt: skip
+        if step == args.steps:
+            break
+        if args.loss == "supervised":
+            loss = sum(
+                w * ((f - truth).abs().sum(1, keepdim=True) * valid).sum() / valid.sum() for w, f in zip(weights, flows)
+            )
+        else:
+            occlusion = cfg.loss.occlusion and step >= cfg.loss.occlusion_after  # as the trainer does
+            loss = unsupervised_flow_loss(torch.cat((a, b)), torch.cat((b, a)), flows, cfg.loss, occlusion)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
