@@ -26,9 +26,9 @@ def test_supervised_field_fit_moves_far_below_zero_flow(capsys):
     assert epes[-1] < 0.3 * zero
 
 
-def test_unsupervised_raft_step_runs_and_reports(capsys):
+def test_unsupervised_raft_step_on_held_out_pairs_runs_and_reports(capsys):
     rc = flow_train_overfit.main(["--loss", "unsupervised", "--steps", "1", "--sequences", "2", "--iters", "2",
-                                  "--resolution", "128x128"])  # fmt: skip
+                                  "--resolution", "128x128", "--train-pairs", "2"])  # fmt: skip
     assert rc == 0
     assert len(_epes(capsys.readouterr().out)) == 3  # zero flow, step 0, step 1
 
@@ -38,3 +38,5 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert "--resolution '128by256'" in capsys.readouterr().err
     assert flow_train_overfit.main(["loss.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+    assert flow_train_overfit.main(["--model", "field", "--train-pairs", "4", "--resolution", "64x128"]) == 2
+    assert "cannot train on --train-pairs" in capsys.readouterr().err
