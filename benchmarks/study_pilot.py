@@ -38,6 +38,8 @@ import torch
 
 from poodle.cli.synth import _resolution
 from poodle.config import SubcropConfig
+from poodle.data.class_stats import class_statistics
+from poodle.data.classes import BDD100K_CLASSES
 from poodle.data.flow import in_bounds_mask
 from poodle.data.synthdrive import SynthDriveError, SynthDriveSequence, check_resolution
 
@@ -118,6 +120,34 @@ def markdown(rows: list[dict[str, object]], dts: list[int]) -> str:
     return "\n".join(lines)
 
 
+CELL_RESOLUTIONS = ((64, 128), (128, 256), (256, 512), (512, 1024))
+
+
+def small_class_cells(sequences: int, hw: tuple[int, int], seed: int = 0, frames: tuple[int, ...] = (0, 150)):
+    """Table 10-style statistics of the label maps of `frames` of each sequence, and per Small class the mean number of
+    stride-8 feature cells it covers in an image that contains it, at each of CELL_RESOLUTIONS (the share of the
+    image is measured at `hw`; cells = share x H x W / 64)."""
+    labels = [SynthDriveSequence(seed=seed, index=i, resolution=hw).labels(t) for i in range(sequences) for t in frames]
+    stats = class_statistics(labels, BDD100K_CLASSES)
+    rows = [r for r in stats.sorted_rows() if r.size == "S" and r.image_pct > 0]
+    return stats, [
+        {"class": r.name, "avg_pixel_pct": r.avg_pixel_pct, "image_pct": r.image_pct,
+         "cells": {f"{h}x{w}": r.avg_pixel_pct / 100 * h * w / 64 for h, w in CELL_RESOLUTIONS}}
+        for r in rows
+    ]  # fmt: skip
+
+
+def cells_markdown(rows: list[dict[str, object]]) -> str:
+    res = [f"{h}x{w}" for h, w in CELL_RESOLUTIONS]
+    lines = ["| Small class | % of image where present | % of images | " + " | ".join(f"cells at {r}" for r in res)]
+    lines[0] += " |"
+    lines.append("|---|---:|---:|" + "---:|" * len(res))
+    for r in rows:
+        cells = " | ".join(f"{r['cells'][k]:.1f}" for k in res)
+        lines.append(f"| {r['class']} | {r['avg_pixel_pct']:.2f} | {r['image_pct']:.0f} | {cells} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=24, help="SynthDrive sequences (indices 0..N-1)")
@@ -150,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         f"behind-camera flow {args.behind}\n"
     )
     print(markdown(rows, dts))
+    stats, cells = small_class_cells(args.sequences, hw, args.seed)
+    print(
+        f"\nSmall classes (Table 10 rule on the labels of frames 0 and 150 of each sequence, {stats.images} images): "
+        "their mean share of an image that contains them, and the stride-8 feature cells that share covers\n"
+    )
+    print(cells_markdown(cells))
+    seconds = time.perf_counter() - start
     print(f"\n{seconds:.1f} s")
     if args.json:
         report = {
@@ -160,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "behind": args.behind,
             "sequences": [{**r, "dt": {str(k): v for k, v in r["dt"].items()}} for r in records],
             "table": [{**row, "cells": {str(k): v for k, v in row["cells"].items()}} for row in rows],
+            "small_class_cells": cells,
             "seconds": seconds,
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -56,6 +56,17 @@ def test_cli_table_and_json(tmp_path, capsys):
     assert sum(row["n"] for row in report["table"][:3]) == 2
     for row in report["table"]:
         assert row["cells"]["8"] is None or 0 <= row["cells"]["8"]["valid"] <= 1
+    assert "| Small class |" in printed
+    for row in report["small_class_cells"]:  # cells = share x H x W / 64: x4 per doubling of each side
+        assert row["cells"]["64x128"] == pytest.approx(row["avg_pixel_pct"] / 100 * 64 * 128 / 64)
+        assert row["cells"]["256x512"] == pytest.approx(4 * row["cells"]["128x256"])
+
     with pytest.raises(SystemExit):
         study_pilot.main(["--resolution", "60x128"])
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_small_class_cells_lists_exactly_the_small_classes_present():
+    stats, rows = study_pilot.small_class_cells(2, (64, 128), frames=(0,))
+    present_small = {r.name for r in stats.rows if r.size == "S" and r.image_pct > 0}
+    assert {r["class"] for r in rows} == present_small and stats.images == 2
