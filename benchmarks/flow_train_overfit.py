@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from poodle.cli.synth import _resolution
 from poodle.config import ConfigError
 from poodle.data.flow import in_bounds_mask
 from poodle.data.synthdrive import SynthDriveError, SynthDriveSequence
@@ -38,39 +39,37 @@ def _chw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
 
 
-def synthdrive_pairs(
-    indices: list[int], dt: int, hw: tuple[int, int], supersample: int = 1
-) -> tuple[torch.Tensor, ...]:
-    """Frames a, b (N, 3, H, W) in [0, 1] and the exact flows [a->b; b->a] (2N, 2, H, W). `supersample` s > 1
-    renders the frames at s times the resolution and area-averages them down (an antialiased render)."""
-    a, b, fw, bw = [], [], [], []
-    for i in indices:
-        seq = SynthDriveSequence(seed=0, index=i, resolution=hw, fps=30)
-        big = SynthDriveSequence(seed=0, index=i, resolution=(hw[0] * supersample, hw[1] * supersample), fps=30)
-        for t, out in ((0, a), (dt, b)):
-            frame = _chw(big.frame(t)) / 255
-            out.append(F.interpolate(frame, size=hw, mode="area") if supersample > 1 else frame)
-        fw.append(_chw(seq.flow(0, dt)))
-        bw.append(_chw(seq.flow(dt, 0)))
+def _render_pair(index: int, t: int, dt: int, hw: tuple[int, int], supersample: int) -> tuple[torch.Tensor, ...]:
+    """Frames t and t + dt of sequence `index` (1, 3, H, W) in [0, 1] and the exact flows both ways (1, 2, H, W).
+    `supersample` s > 1 renders the frames at s times the resolution and area-averages them down (antialiased)."""
+    seq = SynthDriveSequence(seed=0, index=index, resolution=hw, fps=30)
+    big = seq if supersample == 1 else SynthDriveSequence(
+        seed=0, index=index, resolution=(hw[0] * supersample, hw[1] * supersample), fps=30
+    )  # fmt: skip
+    a, b = (F.interpolate(_chw(big.frame(u)) / 255, size=hw, mode="area") for u in (t, t + dt))
+    return a, b, _chw(seq.flow(t, t + dt)), _chw(seq.flow(t + dt, t))
+
+
+def _stack(pairs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frames a, b (N, 3, H, W) and the exact flows [a->b; b->a] (2N, 2, H, W)."""
+    a, b, fw, bw = zip(*pairs)
     return torch.cat(a), torch.cat(b), torch.cat(fw + bw)
 
 
+def synthdrive_pairs(
+    indices: list[int], dt: int, hw: tuple[int, int], supersample: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """The evaluation pairs: frames 0 and dt of each sequence in `indices`, laid out as :func:`_stack`."""
+    return _stack([_render_pair(i, 0, dt, hw, supersample) for i in indices])
+
+
 def training_pool(pairs: int, max_dt: int, hw: tuple[int, int], supersample: int) -> tuple[torch.Tensor, ...]:
-    """`pairs` pairs from other sequences (indices 100 ..), t ~ U{0..59}, dt ~ U{1..max_dt}: frames and exact flows,
-    laid out as :func:`synthdrive_pairs` (held out from the evaluation pairs)."""
+    """`pairs` pairs from other sequences (indices 100 ..), t ~ U{0..59}, dt ~ U{1..max_dt}, laid out as
+    :func:`_stack` (held out from the evaluation pairs)."""
     g = torch.Generator().manual_seed(0)
-    a, b, fw, bw = [], [], [], []
-    for i in range(pairs):
-        t = int(torch.randint(0, 60, (1,), generator=g))
-        dt = int(torch.randint(1, max_dt + 1, (1,), generator=g))
-        seq = SynthDriveSequence(seed=0, index=100 + i, resolution=hw, fps=30)
-        big = SynthDriveSequence(seed=0, index=100 + i, resolution=(hw[0] * supersample, hw[1] * supersample), fps=30)
-        for tt, out in ((t, a), (t + dt, b)):
-            frame = _chw(big.frame(tt)) / 255
-            out.append(F.interpolate(frame, size=hw, mode="area") if supersample > 1 else frame)
-        fw.append(_chw(seq.flow(t, t + dt)))
-        bw.append(_chw(seq.flow(t + dt, t)))
-    return torch.cat(a), torch.cat(b), torch.cat(fw), torch.cat(bw)
+    draws = [(int(torch.randint(0, 60, (1,), generator=g)), int(torch.randint(1, max_dt + 1, (1,), generator=g)))
+             for _ in range(pairs)]  # fmt: skip
+    return _stack([_render_pair(100 + i, t, dt, hw, supersample) for i, (t, dt) in enumerate(draws)])
 
 
 def epe(flow: torch.Tensor, truth: torch.Tensor) -> float:
@@ -100,25 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="flow_train_synthdrive_cpu")
     p.add_argument("overrides", nargs="*", help="loss.key=value overrides of the config's loss section")
     args = p.parse_args(argv)
-    try:
-        hw = tuple(int(v) for v in args.resolution.lower().split("x"))
-        if len(hw) != 2:
-            raise ValueError
-        cfg = load_flow_train_config(args.config, args.overrides)
-        a, b, truth = synthdrive_pairs(args.sequences, args.dt, hw, args.supersample)
-        pool = training_pool(args.train_pairs, args.dt, hw, args.supersample) if args.train_pairs else None
-    except (ConfigError, SynthDriveError) as e:  # ConfigError is a ValueError: caught first
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError:
-        print(f"error: --resolution {args.resolution!r}: expected HxW, e.g. 128x256", file=sys.stderr)
-        return 2
-    torch.manual_seed(0)
-    if args.model == "field" and args.train_pairs:
+    if args.model == "field" and args.train_pairs:  # checked before any rendering
         print(
             "error: --model field fits one field per evaluation pair; it cannot train on --train-pairs", file=sys.stderr
         )
         return 2
+    try:
+        hw = _resolution(args.resolution)
+        cfg = load_flow_train_config(args.config, args.overrides)
+        a, b, truth = synthdrive_pairs(args.sequences, args.dt, hw, args.supersample)
+        pool = training_pool(args.train_pairs, args.dt, hw, args.supersample) if args.train_pairs else None
+    except argparse.ArgumentTypeError:
+        print(f"error: --resolution {args.resolution!r}: expected HxW, e.g. 128x256", file=sys.stderr)
+        return 2
+    except (ConfigError, SynthDriveError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
     if args.model == "raft":
         model = UnsupervisedRaft(cfg.model.size)
         params = list(model.parameters())
@@ -149,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         if pool is None:
             ta, tb, tt = a, b, truth
         else:  # a fresh batch of held-out-sequence pairs: can the network generalise, not just memorise?
-            pa, pb, pfw, pbw = pool
+            pa, pb, pflow = pool
             pick = torch.randperm(pa.shape[0], generator=g)[: a.shape[0]]
-            ta, tb, tt = pa[pick], pb[pick], torch.cat((pfw[pick], pbw[pick]))
+            ta, tb, tt = pa[pick], pb[pick], torch.cat((pflow[pick], pflow[pick + pa.shape[0]]))
         flows = model(ta, tb, args.iters)
         if args.loss == "supervised":
             m = in_bounds_mask(tt).float()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from poodle.data.flow import in_bounds_mask
 from poodle.data.synthdrive import SynthDriveError, SynthDriveSequence, check_resolution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from subcrop_clamp import clamp_stats  # noqa: E402
+from subcrop_clamp import behind_camera, clamp_stats, send_out_of_frame  # noqa: E402
 
 FRAMES = 300  # start frames and targets stay below this (SynthDrive sequences are longer: 12 s at 30 fps)
 SPEED_BINS = (("stopped", 0.0, 0.0), ("slow", 5.0, 9.5), ("fast", 9.5, 14.0))  # name, [lo, hi) m/s; stopped: == 0
@@ -54,7 +55,7 @@ def speed_bin(speed: float) -> str:
     """The row of an ego speed in m/s: stopped (0), slow [5, 9.5), fast [9.5, 14] (the scenario draws U[5, 14])."""
     if speed == 0.0:
         return "stopped"
-    return "slow" if speed < 9.5 else "fast"
+    return "slow" if speed < SPEED_BINS[1][2] else "fast"
 
 
 def pair_stats(
@@ -70,7 +71,7 @@ def pair_stats(
         occluded = torch.from_numpy(seq.occlusion(a, b))
         valid.append(float((~occluded & in_bounds_mask(flow)[0, 0]).float().mean()))
         if behind == "out":
-            flow = flow.masked_fill(occluded & (flow[0] == 0).all(0), 10.0 * max(seq.resolution))
+            flow = send_out_of_frame(flow, behind_camera(flow, occluded))
         flows.append(flow)
     fallback = clamp_stats(torch.cat(flows), cfg, draws)["fallback"]
     return {"valid_fw": valid[0], "valid_bw": valid[1], "valid": (valid[0] + valid[1]) / 2, "fallback": fallback}
@@ -139,8 +140,9 @@ def small_class_cells(sequences: int, hw: tuple[int, int], seed: int = 0, frames
 
 def cells_markdown(rows: list[dict[str, object]]) -> str:
     res = [f"{h}x{w}" for h, w in CELL_RESOLUTIONS]
-    lines = ["| Small class | % of image where present | % of images | " + " | ".join(f"cells at {r}" for r in res)]
-    lines[0] += " |"
+    lines = [
+        "| Small class | % of image where present | % of images | " + " | ".join(f"cells at {r}" for r in res) + " |"
+    ]
     lines.append("|---|---:|---:|" + "---:|" * len(res))
     for r in rows:
         cells = " | ".join(f"{r['cells'][k]:.1f}" for k in res)
@@ -170,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     if dts[0] < 0 or dts[-1] >= FRAMES:
         ap.error(f"--dt must lie in [0, {FRAMES - 1}], got {args.dt}")
 
+    if args.json:  # checked before the measurement, not after it
+        parent = Path(args.json).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            ap.error(f"--json {args.json}: folder {parent} does not exist or is not writable")
+
     start = time.perf_counter()
     records = measure(args.sequences, hw, dts, args.seed, args.draws, args.behind)
     rows = summarise(records, dts)
-    seconds = time.perf_counter() - start
     print(
         f"SynthDrive seed {args.seed}, {args.sequences} sequences at {hw[0]}x{hw[1]}, frames t and t + dt "
         f"(t ~ U[0, {FRAMES - max(dts)}) per sequence), both directions; default subcrops, {args.draws} draws, "

@@ -37,8 +37,18 @@ def synthdrive_flows(
         t = int(torch.randint(0, 300 - dt, (1,), generator=g))
         for d, (a, b) in enumerate(((t, t + dt), (t + dt, t))):
             flows[d].append(torch.from_numpy(seq.flow(a, b)).permute(2, 0, 1))
-            behind[d].append(torch.from_numpy(seq.occlusion(a, b)) & (flows[d][-1] == 0).all(0))
+            behind[d].append(behind_camera(flows[d][-1], torch.from_numpy(seq.occlusion(a, b))))
     return torch.stack(flows[0] + flows[1]), torch.stack(behind[0] + behind[1])
+
+
+def behind_camera(flow: torch.Tensor, occluded: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) bool: points SynthDrive gives a flow of 0 because they pass behind the camera (occluded, zero)."""
+    return occluded & (flow == 0).all(-3)
+
+
+def send_out_of_frame(flow: torch.Tensor, behind: torch.Tensor) -> torch.Tensor:
+    """`flow` (N, 2, H, W) with the `behind` (N, H, W) points sent far out of the frame, as real flow has them."""
+    return flow.masked_fill(behind[:, None], 10.0 * max(flow.shape[-2:]))
 
 
 def clamp_stats(flow: torch.Tensor, cfg: SubcropConfig, draws: int) -> dict[str, float]:
@@ -78,7 +88,7 @@ def main() -> None:
     for dt_range in ((15, 30), (8, 15)):
         flow, behind = synthdrive_flows(args.pairs, hw, dt_range)
         for convention in ("zero", "out"):
-            f = flow if convention == "zero" else flow.masked_fill(behind[:, None], 10.0 * max(hw))
+            f = flow if convention == "zero" else send_out_of_frame(flow, behind)
             for mode in ("inside", "release"):
                 cfg = dataclasses.replace(SubcropConfig(), clamp=mode, jitter=args.jitter)
                 s = clamp_stats(f, cfg, args.draws)

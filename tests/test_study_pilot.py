@@ -64,6 +64,9 @@ def test_cli_table_and_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study_pilot.main(["--resolution", "60x128"])
     assert "multiple of 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_pilot.main(["--json", str(tmp_path / "missing" / "pilot.json")])
+    assert "does not exist or is not writable" in capsys.readouterr().err
 
 
 def test_small_class_cells_lists_exactly_the_small_classes_present():
