@@ -71,3 +71,18 @@ def test_markdown_is_table10_layout():
 def test_empty_input_is_an_error():
     with pytest.raises(ValueError, match="no label maps"):
         class_statistics([], ("a",))
+
+
+def test_median_frequency_weights_by_hand():
+    from poodle.data.class_stats import median_frequency_weights
+
+    # 3 images x 4 classes (+ an ignore column that counts nowhere). Class 3 never appears.
+    h = np.zeros((3, 256), dtype=np.int64)
+    h[0, [0, 1, 255]] = [90, 10, 50]  # image 0: 100 labelled pixels
+    h[1, [0, 2]] = [50, 50]  # image 1: 100
+    h[2, [0, 1]] = [180, 20]  # image 2: 200
+    w = median_frequency_weights(h, 4)
+    f = np.array([320 / 400, 30 / 300, 50 / 100])  # pixels of c / labelled pixels of the images containing c
+    assert np.allclose(w[:3], np.median(f) / f) and w[3] == 0.0
+    assert np.isclose(w[2], 1.0)  # the median class weighs 1
+    assert np.all(median_frequency_weights(np.zeros((2, 256)), 4) == 0)

@@ -281,3 +281,30 @@ def test_recompute_bn_statistics_from_batches():
     assert torch.allclose(a.bn1.running_mean, b.bn1.running_mean, atol=1e-5)
     assert torch.allclose(a.bn1.running_var, b.bn1.running_var, rtol=1e-5)
     assert not torch.allclose(a.layer1[0].bn1.running_var, b.layer1[0].bn1.running_var, rtol=1e-3)
+
+
+def test_readout_class_weight_option(tmp_path, monkeypatch):
+    """class_weight=median_frequency passes the train masks' median-frequency weights to the head's loss."""
+    import torch.nn.functional as F
+
+    import poodle.evaluation.readout as readout
+    from poodle.data.class_stats import median_frequency_weights
+    from poodle.data.segmentation import check_segmentation_data
+
+    root = _bdd_tiny(tmp_path / "bdd")
+    seen = []
+    orig = F.cross_entropy
+    monkeypatch.setattr(readout.F, "cross_entropy", lambda *a, **k: seen.append(k.get("weight")) or orig(*a, **k))
+    cfg = load_readout_config("readout_synthdrive_cpu", [*TINY, "class_weight=median_frequency"])
+    readout.run_readout("random", "bdd100k", root, cfg, tmp_path / "ro", steps=1, arch="resnet18", progress=False)
+    check = check_segmentation_data("bdd100k", root, ("train",), "auto", workers=0, progress=False)
+    want = median_frequency_weights(check.histograms["train"], len(check.info.classes))
+    assert seen and torch.allclose(seen[0], torch.tensor(want, dtype=torch.float32))
+    assert (want > 0).sum() >= 2 and json.loads((tmp_path / "ro" / "results.json").read_text())["config"][
+        "class_weight"] == "median_frequency"  # fmt: skip
+    seen.clear()
+    cfg = load_readout_config("readout_synthdrive_cpu", TINY)  # the default: the paper's unweighted loss
+    readout.run_readout("random", "bdd100k", root, cfg, tmp_path / "ro2", steps=1, arch="resnet18", progress=False)
+    assert seen == [None]
+    with pytest.raises(Exception, match="class_weight"):
+        load_readout_config("readout_synthdrive_cpu", ["class_weight=inverse"])

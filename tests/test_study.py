@@ -13,7 +13,7 @@ import pytest
 
 from poodle.cli import main
 from poodle.engine.train import Schedule
-from poodle.study.report import betainc, claims, t_two_sided_p, verdict, welch
+from poodle.study.report import CLAIMS, betainc, claim_summary, claims, t_two_sided_p, verdict, welch
 from poodle.study.synthdrive import (
     FULL,
     QUICK,
@@ -66,31 +66,46 @@ def _record(variant: str, seed: int, all_: float, small: float, large: float) ->
 def test_claims_verdicts_follow_the_data():
     noise = [0.0, 0.004, -0.004]
     v = {
+        "random": [_record("random", s, 0.15 + e, 0.01 + e, 0.20 + e) for s, e in enumerate(noise)],
         "row1_flowe": [_record("row1_flowe", s, 0.20 + e, 0.05 + e, 0.30 + e) for s, e in enumerate(noise)],
-        "row2_pool_no_decoder": [_record("row2", s, 0.20 - e, 0.05, 0.30) for s, e in enumerate(noise)],
         "row5_sdm_no_pool": [_record("row5", s, 0.22 + e, 0.07, 0.31) for s, e in enumerate(noise)],
         "row7_poodle": [_record("row7", s, 0.26 + e, 0.12 + e, 0.33 + e) for s, e in enumerate(noise)],
+        "byol": [_record("byol", s, 0.18 + e, 0.03 + e, 0.30) for s, e in enumerate(noise)],
+        "densecl": [_record("densecl", s, 0.26 - e, 0.12 - e, 0.30) for s, e in enumerate(noise)],  # a tie
         "subcrops_0.04-0.18": [_record("s", s, 0.27 + e, 0.14 + e, 0.33) for s, e in enumerate(noise)],
         "subcrops_0.54-1.00": [_record("l", s, 0.24 + e, 0.09 + e, 0.33) for s, e in enumerate(noise)],
     }
     by_claim = {c["claim"]: c for c in claims(v)}
-    assert by_claim[1]["verdict"] == {"all": "holds", "small_more_than_large": "holds"}
-    assert by_claim[2]["verdict"]["all"] == "holds"  # row 2 == row 1 up to noise
-    assert by_claim[3]["best"] == "row7_poodle"
-    assert set(by_claim[3]["verdict"].values()) == {"holds"}
-    assert by_claim[4]["verdict"]["small"] == "holds"
-    # Swap PooDLe and FlowE: claim 1 is contradicted, not silently "holds".
+    assert list(by_claim) == list(CLAIMS)  # every pre-registered claim is reported, in order
+    assert claim_summary(by_claim["scale"]) == "holds"
+    assert by_claim["poodle_vs_flowe"]["verdict"] == {"row7_poodle_vs_row1_flowe_all": "holds",
+                                                      "row7_poodle_vs_row1_flowe_small": "holds"}  # fmt: skip
+    assert any("flowe_release" in r for r in by_claim["poodle_vs_flowe"]["reading"])  # named as not run
+    base = by_claim["poodle_vs_baselines"]["verdict"]
+    assert base["row7_poodle_vs_byol_all"] == "holds" and base["row7_poodle_vs_densecl_all"] == "not resolved"
+    assert claim_summary(by_claim["poodle_vs_baselines"]) == "partly holds"
+    assert by_claim["ablation_order"]["best"] == "row7_poodle"
+    assert claim_summary(by_claim["ablation_order"]) == "holds"
+    assert by_claim["subcrop_size"]["verdict"]["subcrops_0.04-0.18_vs_subcrops_0.54-1.00_small"] == "holds"
+    # Swap PooDLe and FlowE: the claim is contradicted, not silently "holds".
     v["row7_poodle"], v["row1_flowe"] = v["row1_flowe"], v["row7_poodle"]
-    assert {c["claim"]: c for c in claims(v)}[1]["verdict"]["all"] == "contradicted"
+    assert claim_summary({c["claim"]: c for c in claims(v)}["poodle_vs_flowe"]) == "contradicted"
+    # A claim none of whose variants ran is still reported.
+    only = {"random": v["random"]}
+    assert all(claim_summary(c) == "not run" for c in claims(only))
 
 
 # ------------------------------------------------------------------------------------------------ plans
 
 
 def test_plans_cover_the_issue():
-    for key in ("random", "row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle", "pooled_only"):
+    for key in ("random", "row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle", "pooled_only",
+                "row7_release_clamp", "flowe_release", "byol", "dino", "densecl", "pixpro"):  # fmt: skip
         assert key in FULL.variants
     assert FULL.seeds >= 3
+    for plan in (FULL, QUICK):  # pre-registered: the claims are in the plan (plan.json) before any run
+        assert plan.claims == tuple(CLAIMS.values())
+        assert "class_weight=median_frequency" in plan.readout_overrides
     assert sum(k.startswith("subcrops_") for k in FULL.variants) >= 2
     jobs = make_jobs(tmp := Path("/nonexistent"), QUICK)
     assert [j.seed for j in jobs[: len(QUICK.variants)]] == [0] * len(QUICK.variants)  # seed-major
@@ -118,6 +133,26 @@ def test_pretrain_config_is_the_variant_at_study_scale(key, tmp_path):
     assert sched.stop_step == sched.total_steps == FULL.pretrain_steps
     assert sched.warmup_steps == FULL.pretrain_steps // 10
     assert all("=" in s for s in SCALE)
+
+
+@pytest.mark.parametrize("key,method,lr", [("byol", "byol", 0.2), ("dino", "dino", 9.375e-4),
+                                           ("densecl", "densecl", 0.009375), ("pixpro", "pixpro", 1e-3)])  # fmt: skip
+def test_baselines_keep_their_recipe_at_the_common_scale(key, method, lr, tmp_path):
+    from poodle.config import load_config
+
+    v = VARIANTS[key]
+    assert v.family == "baseline"
+    cfg = pretrain_config(v, replace(FULL, overrides=("subcrops.size=48",)), tmp_path / "shards", seed=1)
+    own = load_config(v.config)
+    assert cfg.method == method and cfg.optim.optimizer == own.optim.optimizer and cfg.optim.lr == lr
+    assert cfg.model.arch == "resnet18" and tuple(cfg.data.resolution) == (64, 128) and cfg.data.dataset == "shards"
+    assert cfg.optim.batch_size == 8 and cfg.run.seed == 1
+    assert cfg.subcrops.size == own.subcrops.size  # PooDLe-method overrides (--set) do not reach a baseline
+    sched = Schedule.from_config(cfg, FULL.pairs // cfg.data.repeat, None)
+    assert sched.stop_step == sched.total_steps == FULL.pretrain_steps
+    # FlowE as released is the PooDLe method: it gets the PooDLe scale and the plan's overrides.
+    flowe = pretrain_config(VARIANTS["flowe_release"], replace(FULL, overrides=("subcrops.size=48",)), tmp_path, 0)
+    assert flowe.subcrops.size == 48 and flowe.model.dilated and not flowe.objective.pooled
 
 
 def test_check_plan_refuses_foreign_folders(tmp_path):
@@ -148,9 +183,9 @@ def test_cli_list_and_errors(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-TINY = StudyPlan(name="tiny", variants=("random", "row7_poodle", "row1_flowe"), seeds=2, pretrain_steps=2,
+TINY = StudyPlan(name="tiny", variants=("random", "row7_poodle", "row1_flowe", "byol"), seeds=2, pretrain_steps=2,
                  readout_steps=2, pairs=16, train_videos=2, train_images=8, val_images=4, alignment_pairs=4,
-                 figures=1)  # fmt: skip
+                 figures=1, readout_overrides=FULL.readout_overrides, claims=FULL.claims)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -167,11 +202,20 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert set(job["alignment"]) >= {"warped", "same_place", "shuffled", "warped_moving"}
     assert "alignment_dense_head" in job  # a dense branch: its head's alignment is measured too
     assert "alignment_dense_head" not in json.loads((out / "runs" / "random" / "seed0" / "job.json").read_text())
+    assert json.loads((out / "plan.json").read_text())["claims"] == list(CLAIMS.values())
     assert (out / "runs" / "row7_poodle" / "seed0" / "pretrain" / "last.pt").is_file()
     report = (out / "report.md").read_text()
     assert "| PooDLe (row 7) | Table 4 row 7 | 2 |" in report and "## Claims" in report
-    assert "1. PooDLe beats FlowE" in report
+    assert (
+        "2. PooDLe beats FlowE on All and on Small mIoU" in report
+        and "not run in this study: densecl, dino, flowe_release, pixpro" in report
+    )
+    byol = json.loads((out / "runs" / "byol" / "seed0" / "job.json").read_text())
+    assert byol["features"] == "layer4"  # an image-level baseline is read out on its dilated layer4
+    ro = json.loads((out / "runs" / "byol" / "seed0" / "readout" / "results.json").read_text())
+    assert ro["config"]["class_weight"] == "median_frequency" and ro["config"]["eval_resize"] == 256
     assert (out / "figures" / "study_miou.png").is_file()
+    assert "## Subcrop hits on the study's train images" in report and "| 0.02 – 0.03 |" in report
     # Rerun: every job is done, nothing is retrained (job.json untouched); the data is kept too.
     stamp = (out / "runs" / "row7_poodle" / "seed0" / "job.json").stat().st_mtime_ns
     shards = (out / "data" / "shards" / "index.json").stat().st_mtime_ns

@@ -173,3 +173,22 @@ def class_statistics_from_histograms(
     for counts, size in zip(np.asarray(histograms), sizes):
         counter.add_histogram(counts, int(size))
     return counter.result()
+
+
+def median_frequency_weights(histograms: np.ndarray, num_classes: int) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus 2015, as in SegNet): w_c = median_k f_k / f_c, where f_c is the
+    pixels of class c divided by the labelled pixels of the images that contain c. `histograms` is (N images,
+    >= num_classes) per-image label counts; values from num_classes on (ignore) are not counted. A class absent
+    from every image gets weight 0; the median is over the present classes."""
+    h = np.asarray(histograms, dtype=np.float64)
+    counts = h[:, :num_classes]
+    image_pixels = counts.sum(axis=1, keepdims=True)
+    present = counts > 0
+    class_pixels = counts.sum(axis=0)
+    pixels_of_images_with = (image_pixels * present).sum(axis=0)
+    freq = np.divide(class_pixels, pixels_of_images_with, out=np.zeros(num_classes), where=pixels_of_images_with > 0)
+    seen = freq > 0
+    if not seen.any():
+        return np.zeros(num_classes)
+    median = float(np.median(freq[seen]))
+    return np.divide(median, freq, out=np.zeros(num_classes), where=seen)

@@ -27,6 +27,10 @@ class ReadoutConfig:
     # training crops, in batches) before the head is trained; 0 = off, the paper's frozen protocol. See
     # docs/evaluation.md.
     recompute_bn: int = 0
+    # Per-class weights of the head's cross-entropy: none (the paper's plain loss) | median_frequency (Eigen & Fergus
+    # 2015 / SegNet: w_c = median_k f_k / f_c, f_c = pixels of c over the pixels of the train images containing c;
+    # 0 for a class absent from train). Lets a short readout on few images learn classes of a few pixels.
+    class_weight: str = "none"
     backbone_lr_mult: float = 0.1  # finetune: backbone lr = lr * this
     upernet_channels: int = 512
     dropout: float = 0.1  # before the classifier (UperNet; 0 for linear)
@@ -75,6 +79,7 @@ class ReadoutConfig:
         _positive("backbone_lr_mult", self.backbone_lr_mult)
         if self.recompute_bn < 0:
             raise ConfigError(f"recompute_bn must be >= 0 (a number of train images; 0 = off), got {self.recompute_bn}")
+        _choice("class_weight", self.class_weight, ("none", "median_frequency"))
         _choice("label_encoding", self.label_encoding, ("auto", "zero_based", "one_based"))
         for i, side in enumerate(self.crop_size):
             _positive(f"crop_size[{i}]", side)

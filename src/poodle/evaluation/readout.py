@@ -106,10 +106,11 @@ def _check_data(dataset_name: str, data_root, cfg: ReadoutConfig, out_dir: Path,
     encoding and computes the class groups (Table 10 for BDD100K, else from the train masks' histograms).
 
     Rank 0 reads, the other ranks get its verdict by broadcast (so all of them fail, with the same line, or none).
-    Returns (data-check dict for results.json, label encoding to build the datasets with, ClassGroups)."""
+    Returns (data-check dict for results.json, label encoding to build the datasets with, ClassGroups, the
+    loss's class weights or None)."""
     import torch.distributed as dist
 
-    from poodle.data.class_stats import class_statistics_from_histograms
+    from poodle.data.class_stats import class_statistics_from_histograms, median_frequency_weights
     from poodle.data.segmentation import SegDatasetError, check_segmentation_data
     from poodle.evaluation.groups import ClassGroups, groups_for_dataset
 
@@ -137,13 +138,23 @@ def _check_data(dataset_name: str, data_root, cfg: ReadoutConfig, out_dir: Path,
                 tmp.replace(out_dir / "class_stats.json")
             payload = {"check": check.to_dict(), "encoding": check.label_encoding or "auto",
                        "groups": groups.to_dict()}  # fmt: skip
+            if cfg.class_weight == "median_frequency":
+                weights = median_frequency_weights(check.histograms["train"], len(classes))
+                payload["class_weight"] = [float(w) for w in weights]
+                listed = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights))
+                print(f"readout loss: median-frequency class weights: {listed}", flush=True)
     if info.enabled:
         box = [payload]
         dist.broadcast_object_list(box, src=0)
         payload = box[0]
     if "error" in payload:
         raise SegDatasetError(payload["error"])
-    return payload["check"], payload["encoding"], ClassGroups.from_dict(payload["groups"])
+    return (
+        payload["check"],
+        payload["encoding"],
+        ClassGroups.from_dict(payload["groups"]),
+        payload.get("class_weight"),
+    )
 
 
 @torch.no_grad()
@@ -280,7 +291,7 @@ def run_readout(
     say = print if info.is_main else (lambda *a, **k: None)
 
     # ---- data: every mask checked before anything is trained
-    data_check, encoding, groups = _check_data(dataset_name, data_root, cfg, out_dir, info, progress)
+    data_check, encoding, groups, class_weight = _check_data(dataset_name, data_root, cfg, out_dir, info, progress)
     train_tf = SegTrainTransform(cfg.crop_size, cfg.scale_range, base_size=cfg.base_size, hflip=True, seed=cfg.seed)
     train_ds = build_segmentation_dataset(dataset_name, data_root, "train", transform=train_tf, encoding=encoding)
     val_ds = build_segmentation_dataset(dataset_name, data_root, "val", transform=SegEvalTransform(cfg.eval_resize),
@@ -305,6 +316,7 @@ def run_readout(
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else model  # fmt: skip
     autocast = cfg.amp and device.type == "cuda"
+    loss_weight = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32, device=device)
     feat_name = model.features or "pyramid"
     say(f"readout: {cfg.head}{' finetune' if cfg.finetune else ' (frozen backbone)'} on {feat_name} of "
         f"{model.backbone.arch}{' dilated' if model.backbone.dilated else ''} [{model.backbone.source}] | "
@@ -366,7 +378,7 @@ def run_readout(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = ddp(x)
         logits = upsample_logits(logits.float(), tuple(target.shape[-2:]))
-        loss = F.cross_entropy(logits, target, ignore_index=ignore)
+        loss = F.cross_entropy(logits, target, weight=loss_weight, ignore_index=ignore)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -3,7 +3,8 @@
 Statistics: each (variant, seed) run is one sample. Differences between two variants are tested with Welch's
 unequal-variance t-test (two-sided); a claim "holds" when the difference has the claimed sign at p < 0.05, is
 "contradicted" when it has the opposite sign at p < 0.05, and is "not resolved" otherwise (the seeds cannot tell
-the difference from noise). No multiple-comparison correction: there are four pre-registered claims.
+the difference from noise). No multiple-comparison correction: the claims are pre-registered (`CLAIMS`, stored
+in plan.json before the run) and every test is listed, so a reader can apply one.
 """
 
 from __future__ import annotations
@@ -130,71 +131,70 @@ def _fmt_test(name_a: str, name_b: str, t: dict[str, float], what: str) -> str:
     return f"{what}: {name_a} − {name_b} = {100 * t['diff']:+.2f} points (Welch p = {p})"
 
 
+# The pre-registered claims (stored in plan.json before a run; every one is reported, also when its variants are
+# missing). Keys are stable: tests and summary.json refer to them.
+CLAIMS: dict[str, str] = {
+    "scale": "the scale resolves small objects: PooDLe (row 7) beats random init on Small (and All) mIoU",
+    "poodle_vs_flowe": "PooDLe beats FlowE on All and on Small mIoU (Table 4 row 7 vs row 1; also FlowE as released)",
+    "poodle_vs_baselines": "PooDLe beats each baseline on All mIoU (and on Small)",
+    "ablation_order": "row 7 > row 5 > row 1 on All mIoU (the SDM helps, and the pooled loss on top of it)",
+    "subcrop_size": "smaller subcrops help small classes: subcrop area 0.04-0.18 beats 0.54-1.00 on Small mIoU",
+}
+BASELINES = ("pooled_only", "flowe_release", "byol", "dino", "densecl", "pixpro")
+
+
 def claims(v: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The issue's four claims, each with its tests, a verdict and a one-line reading."""
+    """Every pre-registered claim with its Welch tests, a verdict per test and a one-line reading per test. A claim
+    whose variants did not run says so ("not run") instead of disappearing."""
     out: list[dict[str, Any]] = []
 
-    def have(*keys: str) -> bool:
-        return all(k in v for k in keys)
+    def name(key: str) -> str:
+        return v[key][0]["label"]
 
-    if have("row7_poodle", "row1_flowe"):
-        a, b = v["row7_poodle"], v["row1_flowe"]
-        t_all = welch(metric(a, "All"), metric(b, "All"))
-        t_small = welch(metric(a, "Small"), metric(b, "Small"))
-        t_large = welch(metric(a, "Large"), metric(b, "Large"))
-        t_shape = welch(_small_minus_large(a), _small_minus_large(b))
-        out.append({
-            "claim": 1, "text": "PooDLe beats FlowE on All, and most on Small classes",
-            "tests": {"all": t_all, "small": t_small, "large": t_large, "small_minus_large": t_shape},
-            "verdict": {"all": verdict(t_all), "small_more_than_large": verdict(t_shape)},
-            "reading": [_fmt_test("PooDLe", "FlowE", t_all, "All mIoU"),
-                        _fmt_test("PooDLe", "FlowE", t_small, "Small mIoU"),
-                        _fmt_test("PooDLe", "FlowE", t_large, "Large mIoU"),
-                        _fmt_test("PooDLe", "FlowE", t_shape, "(Small − Large) mIoU")],
-        })  # fmt: skip
-    if have("row2_pool_no_decoder", "row1_flowe"):
-        t = welch(metric(v["row2_pool_no_decoder"], "All"), metric(v["row1_flowe"], "All"))
-        # "adds little": holds unless row 2 is significantly better than row 1.
-        verdict2 = "holds" if not (t["p"] < ALPHA and t["diff"] > 0) else "contradicted"
-        if math.isnan(t["p"]):
-            verdict2 = "not resolved (one seed)"
-        reading = [_fmt_test("row 2", "row 1", t, "All mIoU")]
-        tests = {"row2_vs_row1": t}
-        if have("row7_poodle", "row5_sdm_no_pool"):
-            t75 = welch(metric(v["row7_poodle"], "All"), metric(v["row5_sdm_no_pool"], "All"))
-            tests["row7_vs_row5"] = t75
-            reading.append(_fmt_test("row 7", "row 5", t75, "for contrast, the pooled loss with the SDM, All mIoU"))
-        out.append({"claim": 2, "text": "the pooled loss alone adds little without the decoder (row 2 ~ row 1)",
-                    "tests": tests, "verdict": {"all": verdict2}, "reading": reading})  # fmt: skip
-    rows = [k for k in ("row1_flowe", "row2_pool_no_decoder", "row5_sdm_no_pool", "row7_poodle") if k in v]
-    if "row7_poodle" in v and len(rows) >= 3:
-        means = {k: statistics.fmean(metric(v[k], "All")) for k in rows}
-        tests, verdicts, reading = {}, {}, []
-        for k in rows:
-            if k == "row7_poodle":
-                continue
-            t = welch(metric(v["row7_poodle"], "All"), metric(v[k], "All"))
-            tests[f"row7_vs_{k}"], verdicts[f"row7_vs_{k}"] = t, verdict(t)
-            reading.append(_fmt_test("row 7", k.split("_")[0].replace("row", "row "), t, "All mIoU"))
-        best = max(means, key=means.__getitem__)
-        reading.append(f"highest mean All mIoU among rows {', '.join(r.split('_')[0][3:] for r in rows)}: {best}")
-        out.append({"claim": 3, "text": "decoder + pooled loss together give the largest gain (row 7 best)",
-                    "tests": tests, "verdict": verdicts, "best": best, "reading": reading})  # fmt: skip
-    sweep = sweep_points(v)
-    if len(sweep) >= 2:
-        lo, hi = sweep[0], sweep[-1]
-        t_small = welch(metric(v[lo[2]], "Small"), metric(v[hi[2]], "Small"))
-        t_all = welch(metric(v[lo[2]], "All"), metric(v[hi[2]], "All"))
-        out.append({
-            "claim": 4, "text": "smaller subcrops help small classes (the paper's Table 5 trend)",
-            "tests": {"small": t_small, "all": t_all},
-            "verdict": {"small": verdict(t_small), "all": verdict(t_all)},
-            "reading": [_fmt_test(f"area {lo[0]:.2f}-{lo[1]:.2f}", f"area {hi[0]:.2f}-{hi[1]:.2f}", t_small,
-                                  "Small mIoU"),
-                        _fmt_test(f"area {lo[0]:.2f}-{lo[1]:.2f}", f"area {hi[0]:.2f}-{hi[1]:.2f}", t_all,
-                                  "All mIoU")],
-        })  # fmt: skip
+    def compare(tests, verdicts, reading, a: str, b: str, group: str, tag: str) -> None:
+        t = welch(metric(v[a], group), metric(v[b], group))
+        tests[tag], verdicts[tag] = t, verdict(t)
+        reading.append(_fmt_test(name(a), name(b), t, f"{group} mIoU"))
+
+    def claim(key: str, pairs: list[tuple[str, str, str]], **extra: Any) -> None:
+        tests: dict[str, Any] = {}
+        verdicts: dict[str, str] = {}
+        reading: list[str] = []
+        missing = sorted({k for a, b, _ in pairs for k in (a, b) if k not in v})
+        for a, b, group in pairs:
+            if a in v and b in v:
+                compare(tests, verdicts, reading, a, b, group, f"{a}_vs_{b}_{group.lower()}")
+        if not tests:
+            verdicts = {"all": "not run"}
+        if missing:
+            reading.append(f"not run in this study: {', '.join(missing)}")
+        out.append({"claim": key, "text": CLAIMS[key], "tests": tests, "verdict": verdicts, "reading": reading,
+                    **extra})  # fmt: skip
+
+    p7 = "row7_poodle"
+    claim("scale", [(p7, "random", "Small"), (p7, "random", "All")])
+    claim("poodle_vs_flowe", [(p7, "row1_flowe", "All"), (p7, "row1_flowe", "Small"),
+                              (p7, "flowe_release", "All"), (p7, "flowe_release", "Small")])  # fmt: skip
+    claim("poodle_vs_baselines", [(p7, b, g) for b in BASELINES for g in ("All", "Small")])
+    rows = [k for k in ("row1_flowe", "row5_sdm_no_pool", p7) if k in v]
+    best = max(rows, key=lambda k: statistics.fmean(metric(v[k], "All"))) if rows else None
+    claim("ablation_order", [(p7, "row5_sdm_no_pool", "All"), ("row5_sdm_no_pool", "row1_flowe", "All"),
+                             (p7, "row1_flowe", "All")], best=best)  # fmt: skip
+    claim("subcrop_size", [("subcrops_0.04-0.18", "subcrops_0.54-1.00", "Small"),
+                           ("subcrops_0.04-0.18", "subcrops_0.54-1.00", "All")])  # fmt: skip
     return out
+
+
+def claim_summary(c: dict[str, Any]) -> str:
+    """One verdict for a claim: holds if every test holds, contradicted if any is, else not resolved/not run."""
+    vals = list(c["verdict"].values())
+    if vals == ["not run"]:
+        return "not run"
+    if any(x == "contradicted" for x in vals):
+        return "contradicted"
+    if vals and all(x == "holds" for x in vals):
+        return "holds"
+    return "partly holds" if any(x == "holds" for x in vals) else "not resolved"
 
 
 def sweep_points(v: dict[str, list[dict[str, Any]]]) -> list[tuple[float, float, str]]:
@@ -207,6 +207,55 @@ def sweep_points(v: dict[str, list[dict[str, Any]]]) -> list[tuple[float, float,
     if pts and "row7_poodle" in v:
         pts.append((0.05, 0.3, "row7_poodle"))
     return sorted(pts, key=lambda p: p[0] + p[1])
+
+
+# ------------------------------------------------------------------------------------------------ subcrop hits
+
+HIT_SIZE_EDGES = (0.0, 0.01, 0.05, 1.0)  # object size as a share of the global crop: < 1 %, 1-5 %, > 5 %
+
+
+def subcrop_hits(data: Path, ranges: Sequence[tuple[float, float]], subcrops: int = 1024) -> list[dict[str, Any]]:
+    """The paper's App. C analysis on the study's own train label maps, once per subcrop-area range of the study:
+    how often a subcrop is "hit" by (>= 5 % covered by) a foreground object vs the object's pixel share, by object
+    size. Same global crops and seed for every range (`poodle analyze subcrops` with --subcrops)."""
+    from poodle.data.segmentation import build_segmentation_dataset
+    from poodle.evaluation.groups import label_maps
+    from poodle.evaluation.subcrop_hits import PAPER_FOREGROUND, foreground_indices, subcrop_hit_analysis
+
+    ds = build_segmentation_dataset("synthdrive", data, "train")
+    classes = list(ds.info.classes)
+    maps = list(label_maps(ds))
+    rows = []
+    for lo, hi in ranges:
+        r = subcrop_hit_analysis(maps, classes, foreground_indices(classes, PAPER_FOREGROUND),
+                                 subcrop_area=(lo, hi), subcrops_per_crop=subcrops, seed=0)  # fmt: skip
+        cells = []
+        for a, b in zip(HIT_SIZE_EDGES[:-1], HIT_SIZE_EDGES[1:]):
+            sel = (r.sizes >= a) & (r.sizes < b)
+            pix = float(r.sizes[sel].mean()) if sel.any() else math.nan
+            hit = float(r.hits[sel].mean()) if sel.any() else math.nan
+            cells.append({"size": [a, b], "pairs": int(sel.sum()), "pixel": pix, "hit": hit,
+                          "gain": hit / pix if sel.any() and pix > 0 else math.nan})  # fmt: skip
+        rows.append(
+            {
+                "area": [lo, hi],
+                "bins": cells,
+                "foreground": r.foreground,
+                "images": r.images,
+            }
+        )
+    return rows
+
+
+def subcrop_hits_table(rows: list[dict[str, Any]]) -> str:
+    heads = [f"objects {100 * a:g}–{100 * b:g} % of the crop" for a, b in zip(HIT_SIZE_EDGES[:-1], HIT_SIZE_EDGES[1:])]
+    head = f"| Subcrop area | {' | '.join(heads)} |\n|---|{'---|' * len(heads)}"
+    lines = [head]
+    for r in rows:
+        cells = [f"hit {100 * c['hit']:.1f} % / pixels {100 * c['pixel']:.2f} % (x{c['gain']:.1f})"
+                 if c["pairs"] else "-" for c in r["bins"]]  # fmt: skip
+        lines.append(f"| {r['area'][0]:.2f} – {r['area'][1]:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -385,7 +434,9 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         "",
         f"{len(v)} variants x up to {plan.seeds} seeds; {plan.pretrain_steps} pretraining steps of 8 pairs at 64x128 "
         f"(ResNet-18) on a fixed pool of {plan.pairs} pairs; linear readout ({plan.readout_steps} steps) on "
-        f"{plan.train_images} train / {plan.val_images} val images. Values are mean ± std over seeds, in %."
+        f"{plan.train_images} train / {plan.val_images} val images"
+        + (f" (`{' '.join(plan.readout_overrides)}`)" if plan.readout_overrides else "")
+        + ". Values are mean ± std over seeds, in %."
         + (f" Config overrides for every pretrained variant: `{' '.join(plan.overrides)}`." if plan.overrides else "")
         + (f" Wall time {wall_seconds / 60:.1f} min." if wall_seconds is not None else ""),
         "",
@@ -400,11 +451,28 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         "## Claims",
         "",
     ]
-    for c in s["claims"]:
-        verdicts = ", ".join(f"{k}: **{val}**" for k, val in c["verdict"].items())
-        lines += [f"{c['claim']}. {c['text']} — {verdicts}", *[f"   - {r}" for r in c["reading"]], ""]
+    for i, c in enumerate(s["claims"], 1):
+        lines += [f"{i}. {c['text']} — **{claim_summary(c)}**",
+                  *[f"   - {r} — {val}" for r, val in zip(c["reading"], c["verdict"].values())],
+                  *[f"   - {r}" for r in c["reading"][len(c["verdict"]):]], ""]  # fmt: skip
     if sweep:
         lines += ["## Subcrop area (Table 5 layout)", "", sweep_table(v), ""]
+    data = out / "data" / "synthdrive"
+    if (data / "meta.json").is_file():
+        ranges = [(0.02, 0.03)] + [(lo, hi) for lo, hi, _ in sweep_points(v)]
+        hits = subcrop_hits(data, ranges)
+        s["subcrop_hits"] = hits
+        lines += [
+            "## Subcrop hits on the study's train images (the paper's App. C)",
+            "",
+            f"How often a subcrop is hit (>= 5 % covered) by a foreground object ({', '.join(hits[0]['foreground'])}) "
+            "against the object's share of the global crop's pixels, per object size, on the "
+            f"{hits[0]['images']} labelled train images; 2 global crops (area 0.16–0.45) per image, 1024 subcrops "
+            "each. 0.02–0.03 is the paper's App. C setting; the other rows are the study's subcrop ranges.",
+            "",
+            subcrop_hits_table(hits),
+            "",
+        ]
     lines += [
         "## Diagnostics",
         "",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from poodle.output_dir import MARKER, OutputDirError, check_replaceable, write_marker
+from poodle.study.report import CLAIMS
 
 
 class StudyError(RuntimeError):
@@ -39,8 +40,13 @@ class Variant:
     key: str  # folder name under OUT/runs
     label: str  # row label in the tables
     config: str | None  # shipped pretraining config; None = randomly initialised backbone, no pretraining
-    overrides: tuple[str, ...] = ()  # on top of SCALE
+    overrides: tuple[str, ...] = ()  # on top of the study scale
     paper: str = ""  # where the variant comes from in the paper
+    # "poodle": the PooDLe method (Table 4/5 rows, FlowE as released), which gets POODLE_SCALE on top of
+    # COMMON_SCALE; "baseline": another method at its own `*_synthdrive` recipe (optimiser, lr, heads, views), which
+    # gets COMMON_SCALE only, and is read out on its encoder rebuilt dilated (stride 8), FlowE's protocol for
+    # image-level methods, so that every row is read out at the same feature resolution.
+    family: str = "poodle"
 
     @property
     def pretrained(self) -> bool:
@@ -73,31 +79,53 @@ VARIANTS: dict[str, Variant] = {
         ),  # fmt: skip
         Variant("row5_sdm_no_pool", "+ SDM, no pooled (row 5)", "table4_row5_sdm_no_pool", paper="Table 4 row 5"),
         Variant("row7_poodle", "PooDLe (row 7)", "table4_row7_poodle", paper="Table 4 row 7"),
+        Variant(
+            "row7_release_clamp",
+            "PooDLe, release subcrop clamp",
+            "table4_row7_poodle",
+            ("subcrops.clamp=release",),
+            "Table 4 row 7, the release's subcrop clamping",
+        ),  # fmt: skip
         Variant("pooled_only", "Pooled only", "pooled_only", paper="pooled-only baseline"),
         _sweep(0.04, 0.18),
         _sweep(0.18, 0.36),
         _sweep(0.54, 1.0),
+        Variant("flowe_release", "FlowE (as released)", "flowe_synthdrive", paper="Tables 1-3 FlowE"),
+        Variant("byol", "BYOL (frame pairs)", "byol_synthdrive", paper="Tables 1-3 BYOL", family="baseline"),
+        Variant("dino", "DINO (ResNet)", "dino_r50_synthdrive", paper="Tables 1-3 DINO", family="baseline"),
+        Variant("densecl", "DenseCL", "densecl_synthdrive", paper="Tables 1-3 DenseCL", family="baseline"),
+        Variant("pixpro", "PixPro", "pixpro_synthdrive", paper="Tables 1-3 PixPro", family="baseline"),
     ]
 }
 
-# The study's CPU scale, applied on top of every variant's shipped (ablation-recipe) config. Everything else -
-# losses, SDM, subcrop algorithm, augmentation, EMA, optimiser type - is the variant's own. subcrops.size=32 keeps
-# a 2-30 % subcrop of a 64x128 crop near its native size (the paper's 192 px is ~native for 512x1024).
-SCALE: tuple[str, ...] = (
+# The study's CPU scale. COMMON_SCALE applies to every pretrained variant: the same backbone, the same pairs at the
+# same resolution, the same batch. POODLE_SCALE adds, for the PooDLe-method rows, the demo's head sizes and lr (the
+# shipped Table 4 configs are at BDD100K scale); subcrops.size=32 keeps a 2-30 % subcrop of a 64x128 crop near its
+# native size (the paper's 192 px is ~native for 512x1024). The baselines' `*_synthdrive` configs are already at
+# this scale with their own optimiser and lr (docs/methods.md). Everything else - losses, SDM, subcrop algorithm,
+# augmentation, EMA, optimiser type - is the variant's own.
+COMMON_SCALE: tuple[str, ...] = (
     "model.arch=resnet18",
-    "model.proj_hidden_dim=1024",
-    "model.proj_out_dim=128",
-    "subcrops.size=32",
     "data.dataset=shards",
     "data.resolution=[64,128]",
     "data.repeat=2",
     "data.workers=0",
     "optim.batch_size=8",
-    "optim.lr=1e-3",
     "run.device=cpu",
     "run.log_every=10",
     "run.ckpt_every=20",
 )
+POODLE_SCALE: tuple[str, ...] = (
+    "model.proj_hidden_dim=1024",
+    "model.proj_out_dim=128",
+    "subcrops.size=32",
+    "optim.lr=1e-3",
+)
+SCALE: tuple[str, ...] = COMMON_SCALE + POODLE_SCALE  # what a PooDLe-method row gets
+
+
+def variant_scale(variant: Variant) -> tuple[str, ...]:
+    return SCALE if variant.family == "poodle" else COMMON_SCALE
 
 
 @dataclass(frozen=True)
@@ -114,24 +142,45 @@ class StudyPlan:
     world_seed: int = 0
     alignment_pairs: int = 16  # pairs of the shard pool used by the feature-alignment diagnostic
     figures: int = 2  # readout figures for seed 0
-    overrides: tuple[str, ...] = ()  # extra `key=value` config overrides for every pretrained variant
+    overrides: tuple[str, ...] = ()  # extra `key=value` config overrides for every PooDLe-method variant
+    # On top of `readout_synthdrive_cpu` for every variant (the same readout for all).
+    readout_overrides: tuple[str, ...] = ()
+    claims: tuple[str, ...] = ()  # pre-registered before the run (plan.json); each reported, never dropped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# The same readout for every variant: the linear head of `readout_synthdrive_cpu`, trained and scored on the labelled
+# images upsampled 2x (256x512), so that a Small class covers 4x the stride-8 cells it has at the native 128x256
+# (person 2.2 -> 8.8 cells, traffic light 0.9 -> 3.5: benchmarks/study_pilot.py), with median-frequency class
+# weights, without which a 150-step head on 160 images never predicts a Small class (docs/study-synthdrive.md).
+STUDY_READOUT: tuple[str, ...] = (
+    "class_weight=median_frequency",
+    "crop_size=[128,256]",
+    "base_size=256",
+    "eval_resize=256",
+)
+
 FULL = StudyPlan(
     name="full",
     variants=(
         "random",
-        "row1_flowe",
-        "row2_pool_no_decoder",
-        "row5_sdm_no_pool",
         "row7_poodle",
-        "pooled_only",
+        "row1_flowe",
+        "row5_sdm_no_pool",
+        "row2_pool_no_decoder",
         "subcrops_0.04-0.18",
         "subcrops_0.54-1.00",
+        "row7_release_clamp",
+        "flowe_release",
+        "pooled_only",
+        "byol",
+        "dino",
+        "densecl",
+        "pixpro",
     ),  # fmt: skip
+    claims=tuple(CLAIMS.values()),
     seeds=3,
     pretrain_steps=75,
     readout_steps=150,
@@ -139,10 +188,12 @@ FULL = StudyPlan(
     train_videos=16,
     train_images=160,
     val_images=64,
+    readout_overrides=STUDY_READOUT,
 )
 QUICK = StudyPlan(
     name="quick",
-    variants=("random", "row1_flowe", "row7_poodle", "pooled_only"),
+    variants=("random", "row1_flowe", "row7_poodle", "pooled_only", "byol"),
+    claims=tuple(CLAIMS.values()),
     seeds=2,
     pretrain_steps=12,
     readout_steps=40,
@@ -150,6 +201,7 @@ QUICK = StudyPlan(
     train_videos=8,
     train_images=48,
     val_images=24,
+    readout_overrides=STUDY_READOUT,
 )
 PLANS = {"full": FULL, "quick": QUICK}
 
@@ -179,7 +231,9 @@ def pretrain_config(variant: Variant, plan: StudyPlan, shards: Path, seed: int):
 
     if variant.config is None:
         raise StudyError(f"variant {variant.key} is not pretrained")
-    base = [*SCALE, *variant.overrides, *plan.overrides, f"data.root={shards}", f"run.seed={seed}"]
+    # plan.overrides (--set on the command line) are PooDLe-method keys; baselines keep their own recipe.
+    extra = plan.overrides if variant.family == "poodle" else ()
+    base = [*variant_scale(variant), *variant.overrides, *extra, f"data.root={shards}", f"run.seed={seed}"]
     batch = load_config(variant.config, base).optim.batch_size
     # One "epoch" := the whole run (steps x batch pairs), so the cosine horizon and the stop are exactly
     # `pretrain_steps` with no float rounding, and warmup is its first 10 %.
@@ -285,13 +339,15 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
         else:
             weights, arch, networks = "random", "resnet18", None
         torch.manual_seed(job.seed)  # the random backbone: same init here as in the readout below
-        backbone = load_backbone(weights, arch=arch, dilated=None if job.variant.pretrained else True)
+        dilated = None if job.variant.pretrained and job.variant.family == "poodle" else True
+        backbone = load_backbone(weights, arch=arch, dilated=dilated)
         alignment = _alignment(backbone, networks, shards, plan.alignment_pairs)
         record["alignment"] = alignment["features"]
         if "dense_head" in alignment:
             record["alignment_dense_head"] = alignment["dense_head"]
         figures = plan.figures if job.seed == 0 else 0
-        rcfg = load_readout_config("readout_synthdrive_cpu", [f"seed={job.seed}", "workers=0", f"figures={figures}"])
+        rcfg = load_readout_config("readout_synthdrive_cpu", [*plan.readout_overrides, f"seed={job.seed}",
+                                                              "workers=0", f"figures={figures}"])  # fmt: skip
         t1 = time.perf_counter()
         results = run_readout(weights, "synthdrive", data, rcfg, job.folder / "readout", steps=plan.readout_steps,
                               arch=arch, progress=False,
