@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "study": (
         "poodle.cli.study",
-        "the SynthDrive study: Table 4/5 variants x seeds, same readout, claims tested (about 1 h on 2 cores)",
+        "the SynthDrive study: Table 4/5 variants and baselines x seeds, same readout, claims tested",
     ),
 }
 

@@ -1,11 +1,13 @@
 """`poodle study synthdrive --out DIR [--quick] [--jobs N] [--seeds N] [--variants a,b,...] [key=value ...]`.
 
-Pretrains the paper's Table 4 variants (rows 1, 2, 5, 7), pooled-only and a subcrop-area sweep (Table 5) on one
-fixed SynthDrive dataset and budget, several seeds each, plus a randomly initialised backbone; runs the same linear
-readout for every run; writes DIR/report.md (mean ± std tables, the four claims tested with Welch's t-test,
-diagnostics, per-class IoU), DIR/summary.json and DIR/figures. The full study takes about an hour on 2 cores;
-`--quick` (fewer variants, 2 seeds, a dozen steps) takes a few minutes. Rerunning the same command continues an
-interrupted study: finished runs are kept, an interrupted pretraining resumes from its checkpoint.
+Pretrains the paper's Table 4 variants (rows 1, 2, 5, 7), PooDLe with the release's subcrop clamp, a subcrop-area
+sweep (Table 5), pooled-only and the baselines (FlowE as released, BYOL, DINO, DenseCL, PixPro) on one fixed
+SynthDrive dataset and budget, several seeds each, plus a randomly initialised backbone; runs the same linear
+readout for every run; writes DIR/report.md (mean ± std tables, the pre-registered claims tested with Welch's
+t-test, subcrop hits, diagnostics, per-class IoU), DIR/summary.json and DIR/figures. See docs/study-synthdrive.md
+for the time the full study takes on 2 cores; `--quick` (5 variants, 2 seeds, a dozen steps) is under 10 minutes.
+Rerunning the same command continues an interrupted study: finished runs are kept, an interrupted pretraining
+resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ STUDIES = ("synthdrive",)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", choices=STUDIES, help="which study (synthdrive: the paper's Tables 4 and 5 at CPU scale)")
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (data, runs, report)")
-    p.add_argument("--quick", action="store_true", help="a few minutes: 4 variants x 2 seeds, a dozen steps each")
+    p.add_argument("--quick", action="store_true", help="under 10 minutes: 5 variants x 2 seeds, a dozen steps each")
     p.add_argument("--jobs", type=int, default=2, metavar="N", help="runs at a time (default 2, one per core)")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per variant (default: 3 full, 2 quick)")
     p.add_argument("--variants", metavar="A,B", help="comma-separated variant keys (default: the plan's; "
@@ -42,17 +44,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from poodle.study.report import write_report
-    from poodle.study.synthdrive import PLANS, SCALE, VARIANTS, StudyError, plan_for, run_study
+    from poodle.study.synthdrive import (
+        COMMON_SCALE,
+        PLANS,
+        POODLE_SCALE,
+        VARIANTS,
+        StudyError,
+        plan_for,
+        run_study,
+    )
 
     if args.list:
         print("variants (key: label [where in the paper] config + overrides):")
         for v in VARIANTS.values():
             cfg = f"{v.config} {' '.join(v.overrides)}".strip() if v.config else "no pretraining"
             print(f"  {v.key:<22} {v.label} [{v.paper}]: {cfg}")
-        print(f"study scale (on top of each config): {' '.join(SCALE)}")
+        print(f"study scale (on top of each config): {' '.join(COMMON_SCALE)}; PooDLe-method rows also "
+              f"{' '.join(POODLE_SCALE)}")  # fmt: skip
         for p in PLANS.values():
             print(f"plan {p.name}: {', '.join(p.variants)} x {p.seeds} seeds, {p.pretrain_steps} pretraining + "
-                  f"{p.readout_steps} readout steps, {p.pairs} pairs")  # fmt: skip
+                  f"{p.readout_steps} readout steps ({' '.join(p.readout_overrides)}), {p.pairs} pairs")  # fmt: skip
         return 0
     variants = [s.strip() for s in args.variants.split(",") if s.strip()] if args.variants else None
     t0 = time.perf_counter()
