@@ -115,6 +115,9 @@ def test_plans_cover_the_issue():
     with pytest.raises(StudyError, match="seeds"):
         plan_for(True, seeds=0)
     assert plan_for(True, seeds=3, pretrain_steps=5).pretrain_steps == 5
+    assert FULL.dt_frames == (8, 15) and plan_for(False, dt_frames=(15, 30)).dt_frames == (15, 30)
+    with pytest.raises(StudyError, match="--dt"):
+        plan_for(True, dt_frames=(9, 4))
 
 
 @pytest.mark.parametrize("key", ["row1_flowe", "row2_pool_no_decoder", "row3_pool_top_down", "row4_pool_lateral",
@@ -178,6 +181,8 @@ def test_cli_list_and_errors(capsys, tmp_path):
     assert "row7_poodle" in printed and "model.arch=resnet18" in printed
     assert main(["study", "synthdrive", "--out", str(tmp_path / "s"), "--variants", "row9"]) == 2
     assert "unknown variant" in capsys.readouterr().err
+    assert main(["study", "synthdrive", "--out", str(tmp_path / "s"), "--dt", "15"]) == 2
+    assert "--dt takes two frame gaps" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -185,7 +190,7 @@ def test_cli_list_and_errors(capsys, tmp_path):
 
 TINY = StudyPlan(name="tiny", variants=("random", "row7_poodle", "row1_flowe", "byol"), seeds=2, pretrain_steps=2,
                  readout_steps=2, pairs=16, train_videos=2, train_images=8, val_images=4, alignment_pairs=4,
-                 figures=1, readout_overrides=FULL.readout_overrides, claims=FULL.claims)  # fmt: skip
+                 figures=1, readout_overrides=FULL.readout_overrides, claims=FULL.claims, dt_frames=(4, 6))  # fmt: skip
 
 
 @pytest.mark.slow
@@ -203,6 +208,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert "alignment_dense_head" in job  # a dense branch: its head's alignment is measured too
     assert "alignment_dense_head" not in json.loads((out / "runs" / "random" / "seed0" / "job.json").read_text())
     assert json.loads((out / "plan.json").read_text())["claims"] == list(CLAIMS.values())
+    assert json.loads((out / "data" / "shards" / "prepare.json").read_text())["config"]["data"]["dt_frames"] == [4, 6]
     assert (out / "runs" / "row7_poodle" / "seed0" / "pretrain" / "last.pt").is_file()
     report = (out / "report.md").read_text()
     assert "| PooDLe (row 7) | Table 4 row 7 | 2 |" in report and "## Claims" in report

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "see --list)")  # fmt: skip
     p.add_argument("--steps", type=int, metavar="N", help="pretraining steps per run (default: the plan's)")
     p.add_argument("--readout-steps", type=int, metavar="N", help="readout steps per run (default: the plan's)")
+    p.add_argument("--dt", metavar="A,B", help="frame gaps of the pair pool, inclusive (default 8,15; the paper's "
+                   "BDD100K regime: 15,30)")  # fmt: skip
     p.add_argument(
         "overrides",
         nargs="*",
@@ -68,7 +70,15 @@ def run(args: argparse.Namespace) -> int:
     variants = [s.strip() for s in args.variants.split(",") if s.strip()] if args.variants else None
     t0 = time.perf_counter()
     try:
-        plan = plan_for(args.quick, args.seeds, variants, args.steps, args.readout_steps, args.overrides)
+        dt = None
+        if args.dt:
+            try:
+                dt = tuple(int(x) for x in args.dt.split(","))
+            except ValueError:
+                dt = ()
+            if len(dt) != 2:
+                raise StudyError(f"--dt takes two frame gaps A,B (e.g. 15,30), got {args.dt!r}")
+        plan = plan_for(args.quick, args.seeds, variants, args.steps, args.readout_steps, args.overrides, dt)
         if args.report_only:
             write_report(Path(args.out), plan)
         else:

@@ -140,6 +140,7 @@ class StudyPlan:
     train_images: int
     val_images: int
     world_seed: int = 0
+    dt_frames: tuple[int, int] = (8, 15)  # frame gaps of the pair pool (inclusive); the paper's BDD100K: 15-30
     alignment_pairs: int = 16  # pairs of the shard pool used by the feature-alignment diagnostic
     figures: int = 2  # readout figures for seed 0
     overrides: tuple[str, ...] = ()  # extra `key=value` config overrides for every PooDLe-method variant
@@ -265,10 +266,14 @@ def prepare_data(out: Path, plan: StudyPlan, workers: int = 2, progress: bool = 
                          progress=progress, **counts)  # fmt: skip
     prep_path = shards / "prepare.json"
     prep = json.loads(prep_path.read_text()) if prep_path.is_file() else None
-    if prep is None or prep.get("requested_pairs") != plan.pairs or prep.get("root") != str(data):
+    dt = list(plan.dt_frames)
+    prep_dt = ((prep or {}).get("config") or {}).get("data", {}).get("dt_frames")
+    if prep is None or prep.get("requested_pairs") != plan.pairs or prep.get("root") != str(data) or prep_dt != dt:
         cfg = load_config("synthdrive", [f"data.root={data}", "flow.source=gt", "data.resolution=[64,128]",
-                                         "data.repeat=2", f"run.seed={plan.world_seed}"])  # fmt: skip
-        print(f"study data: rendering {plan.pairs} frame pairs with exact flow into {shards}", flush=True)
+                                         "data.repeat=2", f"data.dt_frames=[{dt[0]},{dt[1]}]",
+                                         f"run.seed={plan.world_seed}"])  # fmt: skip
+        print(f"study data: rendering {plan.pairs} frame pairs (dt {dt[0]}-{dt[1]} frames) with exact flow into "
+              f"{shards}", flush=True)  # fmt: skip
         prepare_shards(cfg, shards, plan.pairs, workers=workers, progress=progress, overwrite=True)
     return data, shards
 
@@ -473,6 +478,7 @@ def plan_for(
     pretrain_steps: int | None = None,
     readout_steps: int | None = None,
     overrides: list[str] | None = None,
+    dt_frames: tuple[int, int] | None = None,
 ) -> StudyPlan:
     """FULL or QUICK with optional changes (stored in OUT/plan.json: a folder holding another plan is refused)."""
     plan = QUICK if quick else FULL
@@ -481,6 +487,11 @@ def plan_for(
             raise StudyError(f"{name} must be >= 1, got {value}")
     if pretrain_steps is not None:
         plan = replace(plan, pretrain_steps=pretrain_steps)
+    if dt_frames is not None:
+        lo, hi = dt_frames
+        if not 1 <= lo <= hi:
+            raise StudyError(f"--dt must be two frame gaps 1 <= A <= B, got {lo},{hi}")
+        plan = replace(plan, dt_frames=(int(lo), int(hi)))
     if readout_steps is not None:
         plan = replace(plan, readout_steps=readout_steps)
     if overrides:
