@@ -13,7 +13,17 @@ import pytest
 
 from poodle.cli import main
 from poodle.engine.train import Schedule
-from poodle.study.report import CLAIMS, betainc, claim_summary, claims, t_two_sided_p, verdict, welch
+from poodle.study.report import (
+    CLAIMS,
+    betainc,
+    claim_summary,
+    claims,
+    detectable_difference,
+    t_critical,
+    t_two_sided_p,
+    verdict,
+    welch,
+)
 from poodle.study.synthdrive import (
     FULL,
     QUICK,
@@ -40,6 +50,10 @@ def test_t_distribution_matches_tables():
     # I_x(1, 1) = x and I_x(a, b) = 1 - I_{1-x}(b, a)
     assert betainc(1.0, 1.0, 0.3) == pytest.approx(0.3)
     assert betainc(2.5, 0.5, 0.7) == pytest.approx(1.0 - betainc(0.5, 2.5, 0.3))
+    # Critical values back, and the difference 3 seeds resolve: t(4) * std * sqrt(2/3).
+    assert t_critical(4) == pytest.approx(2.776445, abs=1e-5) and t_critical(1) == pytest.approx(12.7062, abs=1e-3)
+    assert detectable_difference(0.01, 3) == pytest.approx(2.776445 * 0.01 * math.sqrt(2 / 3), rel=1e-5)
+    assert math.isnan(detectable_difference(0.01, 1))
 
 
 def test_welch_by_hand():
@@ -221,6 +235,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     ro = json.loads((out / "runs" / "byol" / "seed0" / "readout" / "results.json").read_text())
     assert ro["config"]["class_weight"] == "median_frequency" and ro["config"]["eval_resize"] == 256
     assert (out / "figures" / "study_miou.png").is_file()
+    assert "## Seed noise" in report and "differ significantly" in report
     assert "## Subcrop hits on the study's train images" in report and "| 0.02 – 0.03 |" in report
     # Rerun: every job is done, nothing is retrained (job.json untouched); the data is kept too.
     stamp = (out / "runs" / "row7_poodle" / "seed0" / "job.json").stat().st_mtime_ns

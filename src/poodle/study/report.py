@@ -89,6 +89,26 @@ def verdict(test: dict[str, float], sign: int = 1) -> str:
     return "not resolved"
 
 
+def t_critical(df: float, alpha: float = ALPHA) -> float:
+    """The two-sided critical value of Student's t: P(|T| >= t) = alpha (bisection on t_two_sided_p)."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_two_sided_p(mid, df) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def detectable_difference(std: float, n: int) -> float:
+    """The smallest difference between two variants with this seed-to-seed std and n seeds each that Welch's test
+    calls significant at ALPHA (equal stds: df = 2(n - 1))."""
+    if n < 2 or math.isnan(std):
+        return math.nan
+    return t_critical(2.0 * (n - 1)) * std * math.sqrt(2.0 / n)
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     m = statistics.fmean(values)
     return m, (statistics.stdev(values) if len(values) > 1 else math.nan)
@@ -259,6 +279,21 @@ def subcrop_hits_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ tables
+
+
+def noise_text(v: dict[str, list[dict[str, Any]]]) -> str:
+    """The median seed-to-seed std over variants and the difference 3 seeds can resolve with it."""
+    lines = []
+    for group in ("All", "Small"):
+        stds = [mean_std(metric(r, group))[1] for r in v.values() if len(r) > 1]
+        if not stds:
+            return "One seed per variant: no seed noise to measure."
+        n = min(len(r) for r in v.values() if len(r) > 1)
+        med = statistics.median(stds)
+        lines.append(f"- {group} mIoU: median std over variants {100 * med:.2f} points (range {100 * min(stds):.2f}–"
+                     f"{100 * max(stds):.2f}); two variants with that std and {n} seeds each differ significantly "
+                     f"(Welch, p < {ALPHA}) from {100 * detectable_difference(med, n):.2f} points.")  # fmt: skip
+    return "\n".join(lines)
 
 
 def group_table(v: dict[str, list[dict[str, Any]]], kind: str = "mIoU") -> str:
@@ -447,6 +482,10 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         "## Pixel accuracy by class group (Table 6 layout)",
         "",
         group_table(v, "Acc"),
+        "",
+        "## Seed noise",
+        "",
+        noise_text(v),
         "",
         "## Claims",
         "",
