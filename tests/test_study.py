@@ -26,6 +26,7 @@ from poodle.study.report import (
 )
 from poodle.study.synthdrive import (
     FULL,
+    NATIVE_READOUT,
     QUICK,
     SCALE,
     VARIANTS,
@@ -187,6 +188,18 @@ def test_check_plan_refuses_foreign_folders(tmp_path):
         _check_plan(study, FULL, overwrite=False)
     _check_plan(study, FULL, overwrite=True)
     assert json.loads((study / "plan.json").read_text())["name"] == "full"
+    # A plan.json from before the dt_frames and extra_readouts fields: their defaults were its behaviour, so the
+    # same study continues and the plan's further readout is added.
+    old = {k: v for k, v in json.loads((study / "plan.json").read_text()).items()
+           if k not in ("dt_frames", "extra_readouts")}  # fmt: skip
+    (study / "plan.json").write_text(json.dumps(old))
+    _check_plan(study, FULL, overwrite=False)
+    assert json.loads((study / "plan.json").read_text())["extra_readouts"] == [
+        ["native", ["class_weight=median_frequency"]]
+    ]
+    (study / "plan.json").write_text(json.dumps({**old, "dt_frames": [15, 30]}))
+    with pytest.raises(StudyError, match="another plan"):
+        _check_plan(study, FULL, overwrite=False)
 
 
 def test_cli_list_and_errors(capsys, tmp_path):
@@ -249,6 +262,20 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     run_study(out, replace(TINY), jobs=1, progress=False)
     log = (out / "runs" / "row1_flowe" / "seed1" / "job.log").read_text()
     assert "nothing to do" in log  # pretraining was complete: resumed at its stop step
+    # A readout added to the finished study: every run is read out again, nothing is pretrained again.
+    ckpt = (out / "runs" / "row7_poodle" / "seed0" / "pretrain" / "last.pt").stat().st_mtime_ns
+    summary = run_study(out, replace(TINY, extra_readouts=NATIVE_READOUT), jobs=2, progress=False)
+    assert (out / "runs" / "row7_poodle" / "seed0" / "pretrain" / "last.pt").stat().st_mtime_ns == ckpt
+    job = json.loads((out / "runs" / "random" / "seed1" / "job.json").read_text())
+    assert (
+        set(job["extra_readouts"]) == {"native"} and "All" in job["extra_readouts"]["native"]["group_metrics"]["mIoU"]
+    )
+    ro = json.loads((out / "runs" / "byol" / "seed0" / "readout_native" / "results.json").read_text())
+    assert ro["config"]["class_weight"] == "median_frequency" and ro["config"]["eval_resize"] is None
+    assert set(summary["extra_readouts"]["native"]["variants"]) == set(TINY.variants)
+    assert "## Readout `native`" in (out / "report.md").read_text()
+    with pytest.raises(StudyError, match="another plan"):  # anything else changed is still another plan
+        run_study(out, replace(TINY, extra_readouts=NATIVE_READOUT, seeds=3), jobs=1, progress=False)
 
 
 def _alive(pid: int) -> bool:

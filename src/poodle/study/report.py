@@ -281,6 +281,16 @@ def subcrop_hits_table(rows: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------ tables
 
 
+def extra_readout_view(v: dict[str, list[dict[str, Any]]], name: str) -> dict[str, list[dict[str, Any]]]:
+    """The records as the further readout `name` scored them (runs without it left out)."""
+    out = {}
+    for key, recs in v.items():
+        got = [{**r, **r["extra_readouts"][name]} for r in recs if name in r.get("extra_readouts", {})]
+        if got:
+            out[key] = got
+    return out
+
+
 def noise_text(v: dict[str, list[dict[str, Any]]]) -> str:
     """The median seed-to-seed std over variants and the difference 3 seeds can resolve with it."""
     lines = []
@@ -496,6 +506,19 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
                   *[f"   - {r}" for r in c["reading"][len(c["verdict"]):]], ""]  # fmt: skip
     if sweep:
         lines += ["## Subcrop area (Table 5 layout)", "", sweep_table(v), ""]
+    for name, overrides in getattr(plan, "extra_readouts", ()):
+        ve = extra_readout_view(v, name)
+        if not ve:
+            continue
+        s.setdefault("extra_readouts", {})[name] = {"claims": claims(ve), "variants": {
+            k: {"mIoU": {g: dict(zip(("mean", "std"), mean_std(metric(r, g))), values=metric(r, g)) for g in GROUPS}}
+            for k, r in ve.items()}}  # fmt: skip
+        lines += [f"## Readout `{name}` (`{' '.join(overrides)}`): the same runs read out again", "",
+                  group_table(ve, "mIoU"), "", noise_text(ve), "", f"Claims on the `{name}` readout:", ""]  # fmt: skip
+        for i, c in enumerate(s["extra_readouts"][name]["claims"], 1):
+            lines += [f"{i}. {c['text']} — **{claim_summary(c)}**",
+                      *[f"   - {r} — {val}" for r, val in zip(c["reading"], c["verdict"].values())],
+                      *[f"   - {r}" for r in c["reading"][len(c["verdict"]):]], ""]  # fmt: skip
     data = out / "data" / "synthdrive"
     if (data / "meta.json").is_file():
         ranges = [(0.02, 0.03)] + [(lo, hi) for lo, hi, _ in sweep_points(v)]

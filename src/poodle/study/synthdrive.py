@@ -146,6 +146,10 @@ class StudyPlan:
     overrides: tuple[str, ...] = ()  # extra `key=value` config overrides for every PooDLe-method variant
     # On top of `readout_synthdrive_cpu` for every variant (the same readout for all).
     readout_overrides: tuple[str, ...] = ()
+    # Further readouts of every run, (name, overrides on `readout_synthdrive_cpu`), each into readout_<name>/ and
+    # reported with its own tables and claim tests. Adding one to a finished study reads out its runs again without
+    # pretraining (the plan check accepts appended readouts).
+    extra_readouts: tuple[tuple[str, tuple[str, ...]], ...] = ()
     claims: tuple[str, ...] = ()  # pre-registered before the run (plan.json); each reported, never dropped
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +166,9 @@ STUDY_READOUT: tuple[str, ...] = (
     "base_size=256",
     "eval_resize=256",
 )
+# A second readout of every run at the native 128x256, the resolution of the pretraining pairs (same weights): at
+# 2x the random backbone scores as well as the pretrained ones (docs/study-synthdrive.md), a scale mismatch.
+NATIVE_READOUT: tuple[tuple[str, tuple[str, ...]], ...] = (("native", ("class_weight=median_frequency",)),)
 
 FULL = StudyPlan(
     name="full",
@@ -190,6 +197,7 @@ FULL = StudyPlan(
     train_images=160,
     val_images=64,
     readout_overrides=STUDY_READOUT,
+    extra_readouts=NATIVE_READOUT,
 )
 QUICK = StudyPlan(
     name="quick",
@@ -203,6 +211,7 @@ QUICK = StudyPlan(
     train_images=48,
     val_images=24,
     readout_overrides=STUDY_READOUT,
+    extra_readouts=NATIVE_READOUT,
 )
 PLANS = {"full": FULL, "quick": QUICK}
 
@@ -322,7 +331,11 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
 
     done = job.folder / "job.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if all(name in record.get("extra_readouts", {}) for name, _ in plan.extra_readouts):
+            return record
+        torch.set_num_threads(threads)
+        return _extra_readouts(job, plan, data, record)
     torch.set_num_threads(threads)
     job.folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -364,9 +377,39 @@ def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 
     record["groups"] = results["groups"]
     record["features"] = results["method"].get("features")
     record["seconds"] = round(time.perf_counter() - t0, 1)
-    tmp = done.with_suffix(".json.tmp")
+    _write_record(done, record)
+    return _extra_readouts(job, plan, data, record) if plan.extra_readouts else record
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(done)
+    tmp.replace(path)
+
+
+def _extra_readouts(job: Job, plan: StudyPlan, data: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The plan's further readouts of a finished job's backbone (its pretraining folder, or the seeded random
+    init), each written into job.json as soon as it is done."""
+    from poodle.evaluation.config import load_readout_config
+    from poodle.evaluation.readout import run_readout
+
+    pretrained = job.variant.pretrained
+    weights, arch = (str(job.folder / "pretrain"), None) if pretrained else ("random", "resnet18")
+    extras = record.setdefault("extra_readouts", {})
+    with open(job.folder / "job.log", "a") as logf, contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf):
+        for name, overrides in plan.extra_readouts:
+            if name in extras:
+                continue
+            rcfg = load_readout_config("readout_synthdrive_cpu", [*overrides, f"seed={job.seed}", "workers=0",
+                                                                  "figures=0"])  # fmt: skip
+            t1 = time.perf_counter()
+            results = run_readout(weights, "synthdrive", data, rcfg, job.folder / f"readout_{name}",
+                                  steps=plan.readout_steps, arch=arch, progress=False,
+                                  method={"name": job.variant.label, "pretrain": "SynthDrive study"})  # fmt: skip
+            extras[name] = {"metrics": {k: results["metrics"][k] for k in ("miou", "aacc", "per_class_iou")},
+                            "group_metrics": results["group_metrics"], "overrides": list(overrides),
+                            "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
+            _write_record(job.folder / "job.json", record)
     return record
 
 
@@ -391,6 +434,23 @@ def _exit_with_parent(parent_pid: int) -> None:
 _LAYOUT = ("plan.json", "summary.json", "summary.json.tmp", "report.md", "runs", "data", "figures", MARKER)
 
 
+def _plan_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(StudyPlan)
+                                  if f.default is not dataclasses.MISSING}))  # fmt: skip
+
+
+def _only_readouts_added(old: Any, new: dict[str, Any]) -> bool:
+    """True when `new` is `old` with further extra readouts appended (everything else, and the old ones, equal)."""
+    if not isinstance(old, dict):
+        return False
+    before, after = old.get("extra_readouts", []), new.get("extra_readouts", [])
+    rest_old = {k: v for k, v in old.items() if k != "extra_readouts"}
+    rest_new = {k: v for k, v in new.items() if k != "extra_readouts"}
+    return rest_old == rest_new and len(after) > len(before) and after[: len(before)] == before
+
+
 def _check_plan(out: Path, plan: StudyPlan, overwrite: bool) -> None:
     """Continue the study in `out` (same plan), start one in an empty folder, or with --overwrite replace a study
     poodle made (its marker); never delete anything else."""
@@ -402,7 +462,15 @@ def _check_plan(out: Path, plan: StudyPlan, overwrite: bool) -> None:
             old = json.loads(plan_path.read_text())
         except ValueError:
             old = None
-        if old == json.loads(json.dumps(plan.to_dict())):  # tuples compare as the lists JSON stores
+        if isinstance(old, dict):  # a plan from an older poodle lacks newer fields; their defaults are its behaviour
+            old = {**_plan_defaults(), **old}
+        new = json.loads(json.dumps(plan.to_dict()))  # tuples compare as the lists JSON stores
+        if old == new:
+            return
+        if _only_readouts_added(old, new):
+            added = [n for n, _ in new["extra_readouts"][len(old.get("extra_readouts", [])) :]]
+            print(f"study plan: adding readout(s) {added} to the finished runs (no pretraining is redone)", flush=True)
+            plan_path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
             return
         if not overwrite:
             name = old.get("name") if isinstance(old, dict) else "unreadable"
