@@ -274,6 +274,12 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert ro["config"]["class_weight"] == "median_frequency" and ro["config"]["eval_resize"] is None
     assert set(summary["extra_readouts"]["native"]["variants"]) == set(TINY.variants)
     assert "## Readout `native`" in (out / "report.md").read_text()
+    # Each invocation's wall time is kept (4 so far); --report-only adds none.
+    assert len(summary["wall_seconds_runs"]) == 4 and "over 4 invocations" in (out / "report.md").read_text()
+    from poodle.study.report import write_report
+
+    assert write_report(out, replace(TINY, extra_readouts=NATIVE_READOUT))["wall_seconds_runs"] == summary[
+        "wall_seconds_runs"]  # fmt: skip
     with pytest.raises(StudyError, match="another plan"):  # anything else changed is still another plan
         run_study(out, replace(TINY, extra_readouts=NATIVE_READOUT, seeds=3), jobs=1, progress=False)
 

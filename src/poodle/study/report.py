@@ -461,8 +461,18 @@ def summarize(out: Path, plan_variants: Sequence[str]) -> dict[str, Any]:
 
 def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> dict[str, Any]:
     out = Path(out)
-    if wall_seconds is None and (out / "summary.json").is_file():  # --report-only keeps the measured wall time
-        wall_seconds = json.loads((out / "summary.json").read_text()).get("wall_seconds")
+    # Wall time of every invocation that ran jobs (a continued or extended study adds one); --report-only adds none.
+    prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    runs = list(prev.get("wall_seconds_runs") or ([prev["wall_seconds"]] if prev.get("wall_seconds") else []))
+    if wall_seconds is not None:
+        runs.append(wall_seconds)
+    wall_seconds = sum(runs) if runs else None
+    wall_text = (
+        ""
+        if wall_seconds is None
+        else f" Wall time {wall_seconds / 60:.1f} min"
+        + (f" over {len(runs)} invocations ({', '.join(f'{r / 60:.1f}' for r in runs)} min)." if len(runs) > 1 else ".")
+    )
     s = summarize(out, plan.variants)
     v = s.pop("grouped")
     if not v:
@@ -483,7 +493,7 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         + (f" (`{' '.join(plan.readout_overrides)}`)" if plan.readout_overrides else "")
         + ". Values are mean ± std over seeds, in %."
         + (f" Config overrides for every pretrained variant: `{' '.join(plan.overrides)}`." if plan.overrides else "")
-        + (f" Wall time {wall_seconds / 60:.1f} min." if wall_seconds is not None else ""),
+        + wall_text,
         "",
         "## mIoU (Table 3/4 layout)",
         "",
@@ -556,6 +566,7 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
     (out / "report.md").write_text("\n".join(lines))
     s["plan"] = plan.to_dict()
     s["wall_seconds"] = wall_seconds
+    s["wall_seconds_runs"] = runs
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(s, indent=1, default=float))
     tmp.replace(out / "summary.json")
