@@ -273,7 +273,10 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     ro = json.loads((out / "runs" / "byol" / "seed0" / "readout_native" / "results.json").read_text())
     assert ro["config"]["class_weight"] == "median_frequency" and ro["config"]["eval_resize"] is None
     assert set(summary["extra_readouts"]["native"]["variants"]) == set(TINY.variants)
-    assert "## Readout `native`" in (out / "report.md").read_text()
+    assert (
+        "## Readout `native`" in (out / "report.md").read_text()
+        and (out / "figures" / "study_miou_native.png").is_file()
+    )
     # Each invocation's wall time is kept (4 so far); --report-only adds none.
     assert len(summary["wall_seconds_runs"]) == 4 and "over 4 invocations" in (out / "report.md").read_text()
     from poodle.study.report import write_report

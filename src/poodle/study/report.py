@@ -479,7 +479,9 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         raise ValueError(f"no finished jobs under {out / 'runs'}")
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    bar_chart(v).save(figures / "study_miou.png")
+    main_readout = " ".join(plan.readout_overrides) or "readout_synthdrive_cpu as shipped"
+    bar_chart(v, title=f"SynthDrive study: linear-readout mIoU by class group ({main_readout})").save(
+        figures / "study_miou.png")  # fmt: skip
     sweep = {k: v[k] for _, _, k in sweep_points(v)}
     if sweep:
         title = "Subcrop-area sweep (the paper's Table 5): linear-readout mIoU by class group"
@@ -523,7 +525,10 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         s.setdefault("extra_readouts", {})[name] = {"claims": claims(ve), "variants": {
             k: {"mIoU": {g: dict(zip(("mean", "std"), mean_std(metric(r, g))), values=metric(r, g)) for g in GROUPS}}
             for k, r in ve.items()}}  # fmt: skip
+        title = f"SynthDrive study, readout '{name}' ({' '.join(overrides)}): linear-readout mIoU by class group"
+        bar_chart(ve, title=title).save(figures / f"study_miou_{name}.png")
         lines += [f"## Readout `{name}` (`{' '.join(overrides)}`): the same runs read out again", "",
+                  f"Figure: `figures/study_miou_{name}.png`.", "",
                   group_table(ve, "mIoU"), "", noise_text(ve), "", f"Claims on the `{name}` readout:", ""]  # fmt: skip
         for i, c in enumerate(s["extra_readouts"][name]["claims"], 1):
             lines += [f"{i}. {c['text']} — **{claim_summary(c)}**",
