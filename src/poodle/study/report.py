@@ -446,16 +446,28 @@ def _wrap(text: str, width: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------ report
 
 
+def group_stats(recs: list[dict[str, Any]], kind: str = "mIoU") -> dict[str, dict[str, Any]]:
+    """{group: {mean, std, values}} of one variant's runs, as summary.json stores them."""
+    return {g: dict(zip(("mean", "std"), mean_std(metric(recs, g, kind))), values=metric(recs, g, kind))
+            for g in GROUPS}  # fmt: skip
+
+
+def claims_lines(tested: list[dict[str, Any]]) -> list[str]:
+    """The numbered Markdown list of tested claims: one verdict per claim, one line per test."""
+    lines = []
+    for i, c in enumerate(tested, 1):
+        lines += [f"{i}. {c['text']} — **{claim_summary(c)}**",
+                  *[f"   - {r} — {val}" for r, val in zip(c["reading"], c["verdict"].values())],
+                  *[f"   - {r}" for r in c["reading"][len(c["verdict"]):]], ""]  # fmt: skip
+    return lines
+
+
 def summarize(out: Path, plan_variants: Sequence[str]) -> dict[str, Any]:
     v = by_variant(load_jobs(out), plan_variants)
     variants = {}
     for key, recs in v.items():
-        entry: dict[str, Any] = {"label": recs[0]["label"], "paper": recs[0]["paper"],
-                                 "seeds": [r["seed"] for r in recs]}  # fmt: skip
-        for kind in ("mIoU", "Acc"):
-            entry[kind] = {g: dict(zip(("mean", "std"), mean_std(metric(recs, g, kind))), values=metric(recs, g, kind))
-                           for g in GROUPS}  # fmt: skip
-        variants[key] = entry
+        variants[key] = {"label": recs[0]["label"], "paper": recs[0]["paper"], "seeds": [r["seed"] for r in recs],
+                         "mIoU": group_stats(recs, "mIoU"), "Acc": group_stats(recs, "Acc")}  # fmt: skip
     return {"variants": variants, "claims": claims(v), "grouped": v}
 
 
@@ -512,28 +524,24 @@ def write_report(out: str | Path, plan, wall_seconds: float | None = None) -> di
         "## Claims",
         "",
     ]
-    for i, c in enumerate(s["claims"], 1):
-        lines += [f"{i}. {c['text']} — **{claim_summary(c)}**",
-                  *[f"   - {r} — {val}" for r, val in zip(c["reading"], c["verdict"].values())],
-                  *[f"   - {r}" for r in c["reading"][len(c["verdict"]):]], ""]  # fmt: skip
+    lines += claims_lines(s["claims"])
     if sweep:
         lines += ["## Subcrop area (Table 5 layout)", "", sweep_table(v), ""]
-    for name, overrides in getattr(plan, "extra_readouts", ()):
+    for name, overrides in plan.extra_readouts:
         ve = extra_readout_view(v, name)
         if not ve:
             continue
-        s.setdefault("extra_readouts", {})[name] = {"claims": claims(ve), "variants": {
-            k: {"mIoU": {g: dict(zip(("mean", "std"), mean_std(metric(r, g))), values=metric(r, g)) for g in GROUPS}}
-            for k, r in ve.items()}}  # fmt: skip
+        tested = claims(ve)
+        s.setdefault("extra_readouts", {})[name] = {
+            "claims": tested,
+            "variants": {k: {"mIoU": group_stats(r)} for k, r in ve.items()},
+        }
         title = f"SynthDrive study, readout '{name}' ({' '.join(overrides)}): linear-readout mIoU by class group"
         bar_chart(ve, title=title).save(figures / f"study_miou_{name}.png")
         lines += [f"## Readout `{name}` (`{' '.join(overrides)}`): the same runs read out again", "",
                   f"Figure: `figures/study_miou_{name}.png`.", "",
-                  group_table(ve, "mIoU"), "", noise_text(ve), "", f"Claims on the `{name}` readout:", ""]  # fmt: skip
-        for i, c in enumerate(s["extra_readouts"][name]["claims"], 1):
-            lines += [f"{i}. {c['text']} — **{claim_summary(c)}**",
-                      *[f"   - {r} — {val}" for r, val in zip(c["reading"], c["verdict"].values())],
-                      *[f"   - {r}" for r in c["reading"][len(c["verdict"]):]], ""]  # fmt: skip
+                  group_table(ve, "mIoU"), "", noise_text(ve), "", f"Claims on the `{name}` readout:", "",
+                  *claims_lines(tested)]  # fmt: skip
     data = out / "data" / "synthdrive"
     if (data / "meta.json").is_file():
         ranges = [(0.02, 0.03)] + [(lo, hi) for lo, hi, _ in sweep_points(v)]

@@ -320,97 +320,97 @@ def _alignment(backbone, networks, shards: Path, pairs: int) -> dict[str, dict[s
 
 
 def run_job(job: Job, plan: StudyPlan, data: Path, shards: Path, threads: int = 1) -> dict[str, Any]:
-    """Pretrain (unless random), diagnose, read out; returns and writes job.json. Finished jobs return at once."""
+    """Pretrain (unless random), diagnose, read out, then the plan's further readouts; returns and writes job.json.
+    A finished job returns at once, or runs only the further readouts it lacks."""
+    import torch
+
+    done = job.folder / "job.json"
+    record = json.loads(done.read_text()) if done.is_file() else None
+    missing = [(n, o) for n, o in plan.extra_readouts if n not in (record or {}).get("extra_readouts", {})]
+    if record is not None and not missing:
+        return record
+    torch.set_num_threads(threads)
+    job.folder.mkdir(parents=True, exist_ok=True)
+    with open(job.folder / "job.log", "a") as logf, contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf):
+        if record is None:
+            record = _pretrain_and_read_out(job, plan, data, shards)
+            _write_record(done, record)
+        extras = record.setdefault("extra_readouts", {})
+        for name, overrides in missing:  # each saved as soon as it is done
+            results, seconds = _read_out(job, plan, data, overrides, f"readout_{name}", figures=0)
+            extras[name] = {**_scores(results), "overrides": list(overrides), "seconds": seconds}
+            _write_record(done, record)
+    return record
+
+
+def _backbone_spec(job: Job) -> tuple[str, str | None]:
+    """(weights, arch) of a job's backbone for `load_backbone`/`run_readout`: its pretraining folder, or random."""
+    return (str(job.folder / "pretrain"), None) if job.variant.pretrained else ("random", "resnet18")
+
+
+def _read_out(job: Job, plan: StudyPlan, data: Path, overrides, folder: str, figures: int) -> tuple[dict, float]:
+    """One linear readout of the job's backbone (`readout_synthdrive_cpu` + overrides, seeded by the job's seed)."""
+    from poodle.evaluation.config import load_readout_config
+    from poodle.evaluation.readout import run_readout
+
+    weights, arch = _backbone_spec(job)
+    rcfg = load_readout_config("readout_synthdrive_cpu", [*overrides, f"seed={job.seed}", "workers=0",
+                                                          f"figures={figures}"])  # fmt: skip
+    t0 = time.perf_counter()
+    method = {"name": job.variant.label, "pretrain": "SynthDrive study"}
+    results = run_readout(weights, "synthdrive", data, rcfg, job.folder / folder, steps=plan.readout_steps, arch=arch,
+                          progress=False, method=method)  # fmt: skip
+    return results, round(time.perf_counter() - t0, 1)
+
+
+def _scores(results: dict[str, Any]) -> dict[str, Any]:
+    return {"metrics": {k: results["metrics"][k] for k in ("miou", "aacc", "per_class_iou")},
+            "group_metrics": results["group_metrics"]}  # fmt: skip
+
+
+def _pretrain_and_read_out(job: Job, plan: StudyPlan, data: Path, shards: Path) -> dict[str, Any]:
     import torch
 
     from poodle.engine.pair_sources import build_pair_source
     from poodle.engine.train import pretrain
     from poodle.evaluation.backbones import load_backbone
-    from poodle.evaluation.config import load_readout_config
-    from poodle.evaluation.readout import run_readout
 
-    done = job.folder / "job.json"
-    if done.is_file():
-        record = json.loads(done.read_text())
-        if all(name in record.get("extra_readouts", {}) for name, _ in plan.extra_readouts):
-            return record
-        torch.set_num_threads(threads)
-        return _extra_readouts(job, plan, data, record)
-    torch.set_num_threads(threads)
-    job.folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"variant": job.variant.key, "label": job.variant.label, "seed": job.seed,
                               "paper": job.variant.paper, "plan": plan.name}  # fmt: skip
-    with open(job.folder / "job.log", "a") as logf, contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf):
-        if job.variant.pretrained:
-            cfg = pretrain_config(job.variant, plan, shards, job.seed)
-            run_dir = job.folder / "pretrain"
-            source, flow = build_pair_source(cfg)
-            result = pretrain(cfg, run_dir, source, flow, resume=True)
-            if result.get("interrupted") is not None:  # saved, but unfinished: never read out or recorded as done
-                raise StudyError(f"{job.variant.key}/seed{job.seed}: pretraining interrupted at step "
-                                 f"{result['step']}; its checkpoint is kept, rerun the study to continue")  # fmt: skip
-            networks = result["networks"]
-            record["pretrain"] = {k: v for k, v in _last_metrics(run_dir).items() if isinstance(v, (int, float))}
-            record["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
-            weights, arch = str(run_dir), None
-        else:
-            weights, arch, networks = "random", "resnet18", None
-        torch.manual_seed(job.seed)  # the random backbone: same init here as in the readout below
-        dilated = None if job.variant.pretrained and job.variant.family == "poodle" else True
-        backbone = load_backbone(weights, arch=arch, dilated=dilated)
-        alignment = _alignment(backbone, networks, shards, plan.alignment_pairs)
-        record["alignment"] = alignment["features"]
-        if "dense_head" in alignment:
-            record["alignment_dense_head"] = alignment["dense_head"]
-        figures = plan.figures if job.seed == 0 else 0
-        rcfg = load_readout_config("readout_synthdrive_cpu", [*plan.readout_overrides, f"seed={job.seed}",
-                                                              "workers=0", f"figures={figures}"])  # fmt: skip
-        t1 = time.perf_counter()
-        results = run_readout(weights, "synthdrive", data, rcfg, job.folder / "readout", steps=plan.readout_steps,
-                              arch=arch, progress=False,
-                              method={"name": job.variant.label, "pretrain": "SynthDrive study"})  # fmt: skip
-        record["readout_seconds"] = round(time.perf_counter() - t1, 1)
-    record["metrics"] = {k: results["metrics"][k] for k in ("miou", "aacc", "per_class_iou")}
-    record["group_metrics"] = results["group_metrics"]
+    networks = None
+    if job.variant.pretrained:
+        cfg = pretrain_config(job.variant, plan, shards, job.seed)
+        run_dir = job.folder / "pretrain"
+        source, flow = build_pair_source(cfg)
+        result = pretrain(cfg, run_dir, source, flow, resume=True)
+        if result.get("interrupted") is not None:  # saved, but unfinished: never read out or recorded as done
+            raise StudyError(f"{job.variant.key}/seed{job.seed}: pretraining interrupted at step "
+                             f"{result['step']}; its checkpoint is kept, rerun the study to continue")  # fmt: skip
+        networks = result["networks"]
+        record["pretrain"] = {k: v for k, v in _last_metrics(run_dir).items() if isinstance(v, (int, float))}
+        record["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
+    weights, arch = _backbone_spec(job)
+    torch.manual_seed(job.seed)  # the random backbone: same init here as in the readout below
+    dilated = None if job.variant.pretrained and job.variant.family == "poodle" else True
+    alignment = _alignment(load_backbone(weights, arch=arch, dilated=dilated), networks, shards, plan.alignment_pairs)
+    record["alignment"] = alignment["features"]
+    if "dense_head" in alignment:
+        record["alignment_dense_head"] = alignment["dense_head"]
+    results, record["readout_seconds"] = _read_out(job, plan, data, plan.readout_overrides, "readout",
+                                                   figures=plan.figures if job.seed == 0 else 0)  # fmt: skip
+    record.update(_scores(results))
     record["classes"] = results["classes"]
     record["groups"] = results["groups"]
     record["features"] = results["method"].get("features")
     record["seconds"] = round(time.perf_counter() - t0, 1)
-    _write_record(done, record)
-    return _extra_readouts(job, plan, data, record) if plan.extra_readouts else record
+    return record
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
-
-
-def _extra_readouts(job: Job, plan: StudyPlan, data: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """The plan's further readouts of a finished job's backbone (its pretraining folder, or the seeded random
-    init), each written into job.json as soon as it is done."""
-    from poodle.evaluation.config import load_readout_config
-    from poodle.evaluation.readout import run_readout
-
-    pretrained = job.variant.pretrained
-    weights, arch = (str(job.folder / "pretrain"), None) if pretrained else ("random", "resnet18")
-    extras = record.setdefault("extra_readouts", {})
-    with open(job.folder / "job.log", "a") as logf, contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf):
-        for name, overrides in plan.extra_readouts:
-            if name in extras:
-                continue
-            rcfg = load_readout_config("readout_synthdrive_cpu", [*overrides, f"seed={job.seed}", "workers=0",
-                                                                  "figures=0"])  # fmt: skip
-            t1 = time.perf_counter()
-            results = run_readout(weights, "synthdrive", data, rcfg, job.folder / f"readout_{name}",
-                                  steps=plan.readout_steps, arch=arch, progress=False,
-                                  method={"name": job.variant.label, "pretrain": "SynthDrive study"})  # fmt: skip
-            extras[name] = {"metrics": {k: results["metrics"][k] for k in ("miou", "aacc", "per_class_iou")},
-                            "group_metrics": results["group_metrics"], "overrides": list(overrides),
-                            "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
-            _write_record(job.folder / "job.json", record)
-    return record
 
 
 def _exit_with_parent(parent_pid: int) -> None:
